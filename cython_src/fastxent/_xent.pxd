@@ -1,0 +1,50 @@
+# Declarations of the C kernels in xent_kernels.h (shared by _softmax and _sigmoid).
+from libc.stdint cimport int64_t
+
+
+cdef extern from "xent_kernels.h" nogil:
+    ctypedef struct fx_params:
+        double keep
+        double spread
+        double zloss
+        double eps
+        double gs0
+        const double *cw
+        const double *pw
+        int64_t ignore
+        int has_ignore
+
+    int fx_set_isa(int level)
+    int fx_get_isa()
+    int fx_cpu_isa_level()
+
+    int64_t fx_softmax_logits_rows_f32(const float *x, float *g, float *h, const float *t,
+                                       const int64_t *labels, int64_t n, int64_t r0, int64_t r1,
+                                       const fx_params *P, const double *gscale, double *loss,
+                                       double *lse)
+    int64_t fx_softmax_logits_rows_f64(const double *x, double *g, double *h, const double *t,
+                                       const int64_t *labels, int64_t n, int64_t r0, int64_t r1,
+                                       const fx_params *P, const double *gscale, double *loss,
+                                       double *lse)
+    int64_t fx_softmax_probs_rows_f32(const float *x, float *g, const float *t,
+                                      const int64_t *labels, int64_t n, int64_t r0, int64_t r1,
+                                      const fx_params *P, const double *gscale, double *loss)
+    int64_t fx_softmax_probs_rows_f64(const double *x, double *g, const double *t,
+                                      const int64_t *labels, int64_t n, int64_t r0, int64_t r1,
+                                      const fx_params *P, const double *gscale, double *loss)
+    void fx_softmax_chunk_stats_f32(const float *x, float *g, int64_t n, double *m, double *s)
+    void fx_softmax_chunk_stats_f64(const double *x, double *g, int64_t n, double *m, double *s)
+    void fx_scale_f32(float *g, int64_t n, double a)
+    void fx_scale_f64(double *g, int64_t n, double a)
+    void fx_sigmoid_logits_rows_f32(const float *x, const float *z, float *g, float *h, int64_t n,
+                                    int64_t r0, int64_t r1, const fx_params *P,
+                                    const double *gscale, double *loss)
+    void fx_sigmoid_logits_rows_f64(const double *x, const double *z, double *g, double *h,
+                                    int64_t n, int64_t r0, int64_t r1, const fx_params *P,
+                                    const double *gscale, double *loss)
+    void fx_sigmoid_probs_rows_f32(const float *x, const float *z, float *g, int64_t n,
+                                   int64_t r0, int64_t r1, const fx_params *P,
+                                   const double *gscale, double *loss)
+    void fx_sigmoid_probs_rows_f64(const double *x, const double *z, double *g, int64_t n,
+                                   int64_t r0, int64_t r1, const fx_params *P,
+                                   const double *gscale, double *loss)

@@ -1,0 +1,42 @@
+"""fastxent: fast, exact cross-entropy losses and gradients for NumPy.
+
+Keras 3 semantics (``keras.losses``) with PyTorch's extensions (class weights, ignore_index,
+pos_weight), computed by fused Cython/OpenMP kernels that read the logits once and write the
+gradient once.  See the README for the semantics table and the Keras / PyTorch mapping.
+"""
+
+__version__ = "0.1.0"
+
+from fastxent._config import (  # noqa: E402
+    _init_isa_from_env,
+    available_isas,
+    get_isa,
+    openmp_enabled,
+    set_isa,
+    show_config,
+)
+from fastxent.losses import (  # noqa: E402
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    SparseCategoricalCrossentropy,
+    binary_crossentropy,
+    categorical_crossentropy,
+    sparse_categorical_crossentropy,
+)
+
+_init_isa_from_env()
+
+__all__ = [
+    "__version__",
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "show_config",
+    "openmp_enabled",
+    "get_isa",
+    "set_isa",
+    "available_isas",
+]

@@ -1,0 +1,124 @@
+"""Build facts, thread counts and the instruction-set path of the compiled kernels."""
+
+from __future__ import annotations
+
+import operator
+import os
+import platform
+import sys
+import warnings
+
+import numpy as np
+
+from fastxent import _openmp_helpers, _sigmoid, _softmax
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+_KERNEL_MODULES = (_softmax, _sigmoid)
+
+
+def openmp_enabled() -> bool:
+    """True when the kernels were compiled with OpenMP (multi-threaded)."""
+    return _openmp_helpers.openmp_enabled()
+
+
+def resolve_n_threads(n_threads) -> int:
+    """Validate ``n_threads`` and return the number of OpenMP threads to use.
+
+    None: OpenMP's default (``OMP_NUM_THREADS`` when set, else all processors); -1: every
+    processor available to the process; a positive int: that many.
+    """
+    if n_threads is None:
+        return max(1, _openmp_helpers.max_threads())
+    if isinstance(n_threads, bool | np.bool_):
+        raise TypeError(f"n_threads must be None or an int, got {n_threads!r}")
+    try:
+        n = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(
+            f"n_threads must be None or an int, got {type(n_threads).__name__}"
+        ) from None
+    if n == -1:
+        return max(1, _openmp_helpers.num_procs())
+    if n < 1:
+        raise ValueError(f"n_threads must be a positive int, -1 (all cores) or None, got {n}")
+    return n
+
+
+def cpu_isa() -> str:
+    """Best instruction-set path this CPU supports: 'baseline', 'avx2' or 'avx512'."""
+    return ISA_NAMES[_softmax.cpu_isa()]
+
+
+def get_isa() -> str:
+    """Instruction-set path in use."""
+    return ISA_NAMES[_softmax.get_isa()]
+
+
+def set_isa(name: str) -> str:
+    """Force an instruction-set path ('baseline', 'avx2', 'avx512' or 'auto' for the best one).
+
+    All paths return bitwise identical results; this exists for testing and benchmarking.
+    Raises ValueError for an unknown name or a path this CPU does not support.
+    """
+    if name == "auto":
+        level = _softmax.cpu_isa()
+    elif name in ISA_NAMES:
+        level = ISA_NAMES.index(name)
+    else:
+        raise ValueError(f"isa must be one of {ISA_NAMES + ('auto',)}, got {name!r}")
+    if level > _softmax.cpu_isa():
+        raise ValueError(f"isa {name!r} is not supported by this CPU (best: {cpu_isa()!r})")
+    for mod in _KERNEL_MODULES:
+        mod.set_isa(level)
+    return ISA_NAMES[level]
+
+
+def available_isas() -> list[str]:
+    return list(ISA_NAMES[: _softmax.cpu_isa() + 1])
+
+
+def _init_isa_from_env() -> None:
+    name = os.environ.get("FASTXENT_ISA", "auto").strip().lower() or "auto"
+    try:
+        set_isa(name)
+    except ValueError as exc:
+        warnings.warn(f"FASTXENT_ISA ignored: {exc}", RuntimeWarning, stacklevel=2)
+        set_isa("auto")
+
+
+def config_dict() -> dict:
+    from fastxent import __version__
+
+    flags = _openmp_helpers.build_flags()
+    return {
+        "fastxent": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "openmp": openmp_enabled(),
+        "default_n_threads": resolve_n_threads(None),
+        "num_procs": _openmp_helpers.num_procs(),
+        "isa": get_isa(),
+        "cpu_isa": cpu_isa(),
+        "compiler": flags["compiler"],
+        "cflags": flags["cflags"],
+        "ldflags": flags["ldflags"],
+    }
+
+
+def show_config() -> None:
+    """Print version, OpenMP status, default thread count, instruction-set path and flags."""
+    for key, value in config_dict().items():
+        print(f"{key + ':':<19}{value}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

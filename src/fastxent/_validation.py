@@ -1,0 +1,156 @@
+"""Argument checks and conversions shared by the public functions (no kernels here)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
+def as_float_array(a, name: str) -> np.ndarray:
+    """``a`` as an ndarray of float32 or float64 (no copy); TypeError for any other dtype.
+
+    float16, integer and bool predictions are refused rather than silently promoted: a
+    float16 or integer y_pred is almost always a bug upstream.  Cast explicitly.
+    """
+    arr = np.asarray(a)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {arr.dtype}; "
+            f"convert it explicitly (e.g. {name}.astype(np.float32))"
+        )
+    return arr
+
+
+def as_target_array(a, name: str, dtype: np.dtype) -> np.ndarray:
+    """Targets (probabilities, one-hot, binary labels) as ``dtype``: bool, integer and float
+    targets are accepted and converted; complex, object and string targets are refused."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric (bool, integer or float), got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    if isinstance(axis, bool | np.bool_) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    axis = int(axis)
+    if ndim == 0:
+        raise ValueError("y_pred must have at least one dimension (the class axis), got a scalar")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for y_pred with {ndim} dimension(s)")
+    return axis % ndim
+
+
+def check_fraction(value, name: str, lo: float = 0.0, hi: float = 1.0,
+                   lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (ok_lo and ok_hi and np.isfinite(v)):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return v
+
+
+def check_nonneg_real(value, name: str) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not (np.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_reduction(reduction) -> str:
+    if reduction is None:
+        return "none"
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return "sum_over_batch_size" if reduction == "mean" else reduction
+
+
+def check_weight_vector(w, name: str, length: int, what: str) -> np.ndarray | None:
+    """Per-class weights: a scalar or a 1-D array of ``length`` finite non-negative numbers."""
+    if w is None:
+        return None
+    arr = np.asarray(w)
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "b":
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        arr = np.full(length, float(arr))
+    if arr.shape != (length,):
+        raise ValueError(f"{name} must have one entry per {what} ({length}), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return np.ascontiguousarray(arr)
+
+
+def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np.ndarray:
+    """Integer class labels with shape ``batch_shape``, as int64.
+
+    Accepts any integer dtype, and float arrays holding integral values (Keras passes labels
+    as floats); a trailing/class-axis dimension of size 1 is squeezed (Keras' (batch, 1)).
+    """
+    arr = np.asarray(y_true)
+    if arr.ndim == pred_ndim and arr.shape[class_axis] == 1 and arr.shape != batch_shape:
+        arr = np.squeeze(arr, axis=class_axis)
+    if arr.shape != batch_shape:
+        raise ValueError(
+            f"y_true has shape {arr.shape} but y_pred with the class axis removed has shape "
+            f"{batch_shape}; sparse labels need one integer per sample"
+        )
+    kind = arr.dtype.kind
+    if kind in "iu":
+        if kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            bad = np.unravel_index(int(np.argmax(arr > np.iinfo(np.int64).max)), arr.shape)
+            raise ValueError(f"y_true holds label {arr[bad]} at position {bad}, far out of range")
+        return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+    if kind == "f":
+        flat = arr.reshape(-1)
+        integral = np.isfinite(flat) & (flat == np.round(flat))
+        if not np.all(integral):
+            i = int(np.argmin(integral))
+            raise ValueError(
+                f"y_true must hold integer class labels; found {flat[i]!r} at position "
+                f"{np.unravel_index(i, arr.shape)}"
+            )
+        if flat.size and np.max(np.abs(flat)) >= 2.0**62:
+            raise ValueError("y_true holds labels too large to be class indices")
+        return flat.astype(np.int64)
+    raise TypeError(
+        f"y_true must hold integer class labels (an integer dtype), got dtype {arr.dtype}"
+    )
+
+
+def broadcast_sample_weight(sample_weight, loss_shape: tuple) -> np.ndarray | None:
+    """``sample_weight`` as a float64 array of ``loss_shape``, or None.
+
+    A scalar multiplies everything.  An array of lower rank is aligned with the LEADING
+    dimensions of the per-sample loss (shape (batch,) weighs each row of a (batch, seq) loss,
+    as Keras does), then broadcast; a trailing dimension of size 1 is dropped.
+    """
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"sample_weight must be real numbers, got dtype {w.dtype}")
+    w = w.astype(np.float64, copy=False)
+    if w.ndim == len(loss_shape) + 1 and w.shape[-1] == 1:
+        w = w[..., 0]
+    if w.ndim < len(loss_shape) and w.ndim > 0:
+        w = w.reshape(w.shape + (1,) * (len(loss_shape) - w.ndim))
+    try:
+        return np.broadcast_to(w, loss_shape)
+    except ValueError:
+        raise ValueError(
+            f"sample_weight with shape {np.shape(sample_weight)} cannot be broadcast to the "
+            f"per-sample loss shape {loss_shape}"
+        ) from None

@@ -1,0 +1,414 @@
+"""Cross-entropy losses with Keras 3 semantics and PyTorch-style extensions.
+
+Functions (``categorical_crossentropy``, ``sparse_categorical_crossentropy``,
+``binary_crossentropy``) return per-sample losses like ``keras.losses.*``.  Classes
+(``CategoricalCrossentropy``, ``SparseCategoricalCrossentropy``, ``BinaryCrossentropy``) add
+reductions, sample weights and the gradient: ``loss_and_grad`` returns the reduced loss and
+d(loss)/d(y_pred) computed in the same pass over the data.
+
+Shapes: ``y_pred`` has the class axis ``axis`` (default last); the per-sample loss has the shape
+of ``y_pred`` without that axis.  float32 input gives float32 output and float64 gives float64;
+internally every sum is accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastxent import _engine
+from fastxent._validation import check_fraction, check_reduction
+
+__all__ = [
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "BinaryCrossentropy",
+]
+
+
+def categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    *,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+    n_threads=None,
+):
+    """Per-sample categorical cross-entropy (``keras.losses.categorical_crossentropy``).
+
+    Parameters
+    ----------
+    y_true : array_like, shape of ``y_pred``
+        Target distributions (one-hot or soft); bool/int/float, converted to y_pred's dtype.
+    y_pred : ndarray of float32 or float64, shape (..., C, ...)
+        Logits (``from_logits=True``) or probabilities.
+    from_logits : bool
+        With False (Keras' default) each row is divided by its sum and clipped to
+        ``[epsilon, 1 - epsilon]`` before the log.
+    label_smoothing : float in [0, 1]
+        Targets become ``y_true * (1 - label_smoothing) + label_smoothing / C``.
+    axis : int
+        The class axis.
+    class_weight : array_like of shape (C,), optional
+        Per-class weights ``w``: the loss is ``-sum_k w_k t_k log p_k`` (PyTorch's ``weight``).
+    epsilon : float in (0, 0.5)
+        Clip for probabilities (Keras' ``backend.epsilon()``).
+    z_loss : float >= 0
+        Adds ``z_loss * logsumexp(y_pred)**2`` (PaLM's z-loss); needs ``from_logits=True``.
+    n_threads : int or None
+        OpenMP threads: None for the OpenMP default, -1 for all cores.
+
+    Returns
+    -------
+    ndarray of y_pred's dtype, shape of y_pred without ``axis``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> y_true = np.array([[0.0, 1.0, 0.0]])
+    >>> logits = np.array([[1.0, 2.0, 0.5]])
+    >>> fx.categorical_crossentropy(y_true, logits, from_logits=True).round(6)
+    array([0.464369])
+    """
+    return _engine.softmax_xent(
+        y_true, y_pred, sparse=False, from_logits=from_logits, label_smoothing=label_smoothing,
+        axis=axis, class_weight=class_weight, epsilon=epsilon, z_loss=z_loss,
+        n_threads=n_threads,
+    ).loss
+
+
+def sparse_categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    ignore_class=None,
+    axis=-1,
+    *,
+    label_smoothing=0.0,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+    n_threads=None,
+):
+    """Per-sample cross-entropy with integer labels
+    (``keras.losses.sparse_categorical_crossentropy``).
+
+    Parameters
+    ----------
+    y_true : array_like of integers, shape of y_pred without ``axis``
+        Class labels in ``[0, C)``; any integer dtype, or floats holding integral values.
+        A size-1 class axis (Keras' ``(batch, 1)``) is accepted.  An out-of-range label
+        raises ``ValueError`` naming its position.
+    y_pred : ndarray of float32 or float64
+        Logits or probabilities, class axis ``axis``.
+    from_logits : bool
+    ignore_class : int, optional
+        Label to ignore (padding): its loss is 0 and its gradient zero.  Same as PyTorch's
+        ``ignore_index``.
+    axis : int
+    label_smoothing : float in [0, 1]
+        Extension (Keras has none for sparse labels): the categorical formula on the
+        one-hot target, which is also PyTorch's.
+    class_weight, epsilon, z_loss, n_threads
+        As in :func:`categorical_crossentropy`.
+
+    Returns
+    -------
+    ndarray of y_pred's dtype, shape of y_true (0 at ignored positions).
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], dtype=np.float32)
+    >>> fx.sparse_categorical_crossentropy([1, 2], logits, from_logits=True)
+    array([0.4643688 , 0.09492296], dtype=float32)
+    """
+    return _engine.softmax_xent(
+        y_true, y_pred, sparse=True, from_logits=from_logits, label_smoothing=label_smoothing,
+        axis=axis, class_weight=class_weight, ignore_class=ignore_class, epsilon=epsilon,
+        z_loss=z_loss, n_threads=n_threads,
+    ).loss
+
+
+def binary_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    *,
+    pos_weight=None,
+    epsilon=1e-7,
+    n_threads=None,
+):
+    """Per-sample binary cross-entropy, the mean over ``axis``
+    (``keras.losses.binary_crossentropy``).
+
+    From logits the stable form ``max(x, 0) - x z + log1p(exp(-|x|))`` is used; from
+    probabilities ``p`` is clipped to ``[epsilon, 1 - epsilon]``.
+
+    Parameters
+    ----------
+    y_true : array_like, shape of y_pred
+        Targets in [0, 1] (bool/int/float).
+    y_pred : ndarray of float32 or float64
+    from_logits : bool
+    label_smoothing : float in [0, 1]
+        Targets become ``y_true * (1 - label_smoothing) + label_smoothing / 2``.
+    axis : int
+        The axis averaged over.
+    pos_weight : float or array_like of shape (y_pred.shape[axis],), optional
+        Weight of the positive term, as PyTorch's ``binary_cross_entropy_with_logits``:
+        ``-(pos_weight * z * log p + (1 - z) * log(1 - p))``.
+    epsilon, n_threads
+        As in :func:`categorical_crossentropy`.
+
+    Returns
+    -------
+    ndarray of y_pred's dtype, shape of y_pred without ``axis``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> fx.binary_crossentropy([[0.0, 1.0]], np.array([[-1.0, 2.0]]), from_logits=True).round(6)
+    array([0.220095])
+    """
+    return _engine.sigmoid_xent(
+        y_true, y_pred, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+        pos_weight=pos_weight, epsilon=epsilon, n_threads=n_threads,
+    ).loss
+
+
+class _Loss:
+    """Shared behaviour of the loss classes: reductions, config, gradients."""
+
+    _config_keys: tuple = ()
+
+    def __init__(self, reduction, n_threads):
+        self.reduction = check_reduction(reduction)
+        self._reduction_arg = reduction
+        from fastxent._config import resolve_n_threads
+
+        resolve_n_threads(n_threads)  # validate now; resolved again at call time
+        self.n_threads = n_threads
+
+    def _run(self, y_true, y_pred, sample_weight, **kw):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """The reduced loss: a Python float (an ndarray for ``reduction="none"``)."""
+        return self._run(y_true, y_pred, sample_weight).loss
+
+    def loss_and_grad(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False):
+        """The reduced loss and its gradient with respect to ``y_pred``, in one pass.
+
+        Parameters
+        ----------
+        y_true, y_pred, sample_weight
+            As for ``__call__``.
+        grad_out : ndarray, optional
+            Write the gradient into this array (shape and dtype of y_pred, C-contiguous with
+            the class axis last, writeable, not overlapping any input) and return it.
+        inplace : bool
+            Overwrite ``y_pred`` with the gradient and return it: no N x C allocation.  Opt-in
+            only; y_pred must be a writeable C-contiguous (class axis last) array.
+
+        Returns
+        -------
+        loss : float or ndarray
+            As ``__call__``.
+        grad : ndarray, shape and dtype of y_pred
+            d(loss)/d(y_pred).  With ``reduction="none"``, ``grad[i] = d loss[i] / d y_pred[i]``.
+        """
+        out = self._run(y_true, y_pred, sample_weight, want_grad=True, grad_out=grad_out,
+                        inplace=inplace)
+        return out.loss, out.grad
+
+    def gradient(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False):
+        """d(loss)/d(y_pred) only (see :meth:`loss_and_grad`)."""
+        return self.loss_and_grad(y_true, y_pred, sample_weight, grad_out=grad_out,
+                                  inplace=inplace)[1]
+
+    def gradient_hessian(self, y_true, y_pred, sample_weight=None):
+        """The gradient and the diagonal of the Hessian with respect to logits.
+
+        For gradient boosting (LightGBM/XGBoost custom objectives).  Needs
+        ``from_logits=True``.  Softmax: ``p - t`` and ``p (1 - p)`` (times the sum of the
+        targets, plus the z-loss terms); sigmoid: ``sigmoid(x) - z`` and
+        ``sigmoid(x) (1 - sigmoid(x))`` (with pos_weight, the exact derivatives).  Both scaled
+        by the reduction like the gradient of :meth:`loss_and_grad`.
+
+        Returns
+        -------
+        grad, hess : ndarrays of y_pred's shape and dtype
+        """
+        if not self.from_logits:
+            raise ValueError("gradient_hessian needs from_logits=True")
+        out = self._run(y_true, y_pred, sample_weight, want_grad=True, want_hess=True)
+        return out.grad, out.hess
+
+    def get_config(self) -> dict:
+        cfg = {key: getattr(self, key) for key in self._config_keys}
+        cfg["reduction"] = self._reduction_arg
+        cfg["n_threads"] = self.n_threads
+        for key in ("class_weight", "pos_weight"):
+            if isinstance(cfg.get(key), np.ndarray):
+                cfg[key] = cfg[key].tolist()
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    __hash__ = None
+
+
+class CategoricalCrossentropy(_Loss):
+    """Categorical cross-entropy with one-hot or soft targets (``keras.losses.CategoricalCrossentropy``).
+
+    Parameters
+    ----------
+    from_logits, label_smoothing, axis, class_weight, epsilon, z_loss
+        As in :func:`categorical_crossentropy`.
+    reduction : {"sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none"}
+        ``sum_over_batch_size`` (alias ``mean``): sum of weighted losses / number of samples;
+        ``mean_with_sample_weight``: / sum of sample weights (times each sample's class
+        weight ``sum_k w_k t_k`` when ``class_weight`` is given, which with one-hot targets is
+        PyTorch's weighted mean); ``sum``; ``none``: per-sample weighted losses.  A zero
+        denominator gives 0.0.
+    n_threads : int or None
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> loss = fx.CategoricalCrossentropy(from_logits=True)
+    >>> y = np.eye(3)[[0, 2]]
+    >>> x = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> value, grad = loss.loss_and_grad(y, x)
+    >>> round(value, 6), grad.shape
+    (0.753109, (2, 3))
+    """
+
+    _config_keys = ("from_logits", "label_smoothing", "axis", "class_weight", "epsilon", "z_loss")
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
+                 epsilon=1e-7, z_loss=0.0):
+        super().__init__(reduction, n_threads)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
+        self.axis = axis
+        self.class_weight = None if class_weight is None else np.asarray(class_weight, float)
+        self.epsilon = epsilon
+        self.z_loss = z_loss
+
+    def _run(self, y_true, y_pred, sample_weight, **kw):
+        return _engine.softmax_xent(
+            y_true, y_pred, sparse=False, from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing, axis=self.axis,
+            class_weight=self.class_weight, epsilon=self.epsilon, z_loss=self.z_loss,
+            n_threads=self.n_threads, sample_weight=sample_weight, reduction=self.reduction,
+            **kw,
+        )
+
+
+class SparseCategoricalCrossentropy(_Loss):
+    """Cross-entropy with integer labels (``keras.losses.SparseCategoricalCrossentropy``).
+
+    Parameters
+    ----------
+    from_logits, ignore_class, label_smoothing, axis, class_weight, epsilon, z_loss
+        As in :func:`sparse_categorical_crossentropy`.
+    reduction : str
+        As in :class:`CategoricalCrossentropy`; ``sum_over_batch_size`` divides by the number
+        of non-ignored samples, and ``mean_with_sample_weight`` with ``class_weight`` equals
+        ``torch.nn.functional.cross_entropy(weight=..., ignore_index=..., reduction="mean")``.
+    n_threads : int or None
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> loss = fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100)
+    >>> logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> round(loss([0, -100], logits), 6)
+    0.407606
+    """
+
+    _config_keys = ("from_logits", "ignore_class", "label_smoothing", "axis", "class_weight",
+                    "epsilon", "z_loss")
+
+    def __init__(self, from_logits=False, ignore_class=None, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
+                 epsilon=1e-7, z_loss=0.0):
+        super().__init__(reduction, n_threads)
+        self.from_logits = bool(from_logits)
+        self.ignore_class = ignore_class
+        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
+        self.axis = axis
+        self.class_weight = None if class_weight is None else np.asarray(class_weight, float)
+        self.epsilon = epsilon
+        self.z_loss = z_loss
+
+    def _run(self, y_true, y_pred, sample_weight, **kw):
+        return _engine.softmax_xent(
+            y_true, y_pred, sparse=True, from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing, axis=self.axis,
+            class_weight=self.class_weight, ignore_class=self.ignore_class,
+            epsilon=self.epsilon, z_loss=self.z_loss, n_threads=self.n_threads,
+            sample_weight=sample_weight, reduction=self.reduction, **kw,
+        )
+
+
+class BinaryCrossentropy(_Loss):
+    """Binary cross-entropy (``keras.losses.BinaryCrossentropy``), averaged over ``axis``.
+
+    Parameters
+    ----------
+    from_logits, label_smoothing, axis, pos_weight, epsilon
+        As in :func:`binary_crossentropy`.
+    reduction : str
+        As in :class:`CategoricalCrossentropy`.
+    n_threads : int or None
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent as fx
+    >>> bce = fx.BinaryCrossentropy(from_logits=True, pos_weight=2.0)
+    >>> round(bce(np.array([[1.0], [0.0]]), np.array([[0.5], [-0.5]])), 6)
+    0.711115
+    """
+
+    _config_keys = ("from_logits", "label_smoothing", "axis", "pos_weight", "epsilon")
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", pos_weight=None, n_threads=None, *,
+                 epsilon=1e-7):
+        super().__init__(reduction, n_threads)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
+        self.axis = axis
+        self.pos_weight = (None if pos_weight is None
+                           else (pos_weight if np.ndim(pos_weight) == 0
+                                 else np.asarray(pos_weight, float)))
+        self.epsilon = epsilon
+
+    def _run(self, y_true, y_pred, sample_weight, **kw):
+        return _engine.sigmoid_xent(
+            y_true, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing,
+            axis=self.axis, pos_weight=self.pos_weight, epsilon=self.epsilon,
+            n_threads=self.n_threads, sample_weight=sample_weight, reduction=self.reduction,
+            **kw,
+        )

@@ -1,0 +1,449 @@
+"""Plain NumPy float64 reference implementations of fastxent's public API: the test oracle.
+
+Every public function and option of ``fastxent`` has a slow, obviously-correct
+counterpart here.  The rules are written out one at a time, on float64 copies:
+
+* softmax cross-entropy: ``log_softmax`` of the logits (max-shifted), explicit one-hot /
+  smoothed / class-weighted targets, ``loss = -sum_k w_k t_k log p_k (+ z_loss * lse**2)``,
+  gradient ``softmax * sum_k(w_k t_k) - w * t (+ 2 z_loss lse softmax)``;
+* from probabilities (``from_logits=False``, Keras): rows divided by their sum, clipped
+  to ``[eps, 1 - eps]``, and the exact gradient of that formula (the derivative of the
+  clip is 0 where it is active);
+* sigmoid (binary) cross-entropy, elementwise, then the mean over ``axis``;
+* ``-inf`` logits are masks (a zero target times ``-inf`` contributes nothing), a row
+  that is all ``-inf`` or holds ``+inf``/NaN gives a NaN loss and a NaN gradient row;
+* sample weights (lower-rank weights aligned to the leading dims) and the reductions
+  ``none``, ``sum``, ``sum_over_batch_size`` (alias ``mean``) and
+  ``mean_with_sample_weight``, a zero denominator giving 0.0.
+
+Nothing here is fast; nothing here shares code with the library.  The oracle itself is
+checked against Keras 3 and PyTorch in ``test_reference_vs_peers.py``.
+"""
+
+import numpy as np
+
+KINDS = ("categorical", "sparse_categorical", "binary")
+REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def canonical_axis(axis, ndim):
+    """Return ``axis`` as a non-negative int, or raise ValueError."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} out of range for an array of rank {ndim}")
+    return axis % ndim
+
+
+def _to_rows(a, axis):
+    """Move ``axis`` last and flatten the rest: returns (rows (M, C), batch shape)."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    return a.reshape(-1, a.shape[-1]), a.shape[:-1]
+
+
+def _from_rows(rows, batch_shape, axis):
+    """Inverse of ``_to_rows``."""
+    return np.moveaxis(rows.reshape(batch_shape + (rows.shape[-1],)), -1, axis)
+
+
+def _class_weight_vector(class_weight, n_classes):
+    if class_weight is None:
+        return np.ones(n_classes)
+    w = np.asarray(class_weight, dtype=np.float64).reshape(-1)
+    if w.shape != (n_classes,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"bad class_weight {class_weight!r} for {n_classes} classes")
+    return w
+
+
+def sparse_labels_to_int(y_true):
+    """Integer labels; float arrays holding integral values are accepted (Keras)."""
+    labels = np.asarray(y_true)
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError("y_true holds non-integral labels")
+        return labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"y_true must hold integer labels, got {labels.dtype}")
+    return labels
+
+
+# --------------------------------------------------------------- per-row kernels
+
+
+def softmax_rows(x):
+    """Row-wise log-softmax, softmax and log-sum-exp with fastxent's inf/NaN rules.
+
+    Returns (log_p, p, lse, bad) where ``bad`` marks rows that are all ``-inf`` or hold
+    ``+inf`` or NaN (their outputs must be NaN; the caller fills them in).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    bad = np.isnan(x).any(axis=1) | np.isposinf(x).any(axis=1) | np.isneginf(x).all(axis=1)
+    xs = np.where(bad[:, None], 0.0, x)
+    row_max = xs.max(axis=1, keepdims=True)
+    shifted = xs - row_max  # -inf stays -inf: a masked class
+    e = np.exp(shifted)  # exactly 0.0 for a masked class
+    s = e.sum(axis=1, keepdims=True)  # >= 1: the max itself contributes exp(0)
+    log_p = shifted - np.log(s)
+    p = e / s
+    lse = (row_max + np.log(s))[:, 0]
+    return log_p, p, lse, bad
+
+
+def softmax_xent_rows(targets, logits, z_loss=0.0):
+    """Per-row loss and gradient of ``-sum_k t_k log softmax(x)_k + z_loss * lse**2``.
+
+    ``targets`` are the final (smoothed and class-weighted) targets.  A zero target
+    times a ``-inf`` log-probability contributes nothing (mask semantics).
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    log_p, p, lse, bad = softmax_rows(logits)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(t != 0.0, t * log_p, 0.0)
+    loss = -terms.sum(axis=1) + z_loss * lse**2
+    grad = p * t.sum(axis=1, keepdims=True) - t + 2.0 * z_loss * lse[:, None] * p
+    loss[bad] = np.nan
+    grad[bad, :] = np.nan
+    return loss, grad
+
+
+def prob_xent_rows(targets, probs, epsilon):
+    """Per-row loss and gradient of Keras' ``from_logits=False`` categorical formula.
+
+    q = p / sum(p); c = clip(q, eps, 1 - eps); loss = -sum_k t_k log c_k.
+    dloss/dp_j = -(1/S) * (a_j - sum_k a_k q_k) with a_k = t_k / c_k where the clip is
+    inactive and 0 where it is active.
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    s = p.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = p / s
+        c = np.clip(q, epsilon, 1.0 - epsilon)
+        loss = -(t * np.log(c)).sum(axis=1)
+        inside = (q > epsilon) & (q < 1.0 - epsilon)
+        a = np.where(inside, t / c, 0.0)
+        grad = -(a - (a * q).sum(axis=1, keepdims=True)) / s
+    grad[np.isnan(s[:, 0]), :] = np.nan  # a NaN anywhere in the row poisons the row
+    return loss, grad
+
+
+def _sigmoid(x):
+    """Logistic function without overflow warnings."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _softplus(x):
+    """log(1 + exp(x)), stable for any finite x."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def sigmoid_xent_elementwise(z, x, pos_weight=1.0):
+    """Elementwise ``-[pw z log s(x) + (1 - z) log(1 - s(x))]`` and its derivative in x.
+
+    Written as ``(1 - z) x + (1 + (pw - 1) z) softplus(-x)`` (PyTorch's form).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    pw = np.asarray(pos_weight, dtype=np.float64)
+    log_weight = 1.0 + (pw - 1.0) * z
+    loss = (1.0 - z) * x + log_weight * _softplus(-x)
+    grad = _sigmoid(x) * log_weight - pw * z
+    return loss, grad
+
+
+def sigmoid_prob_xent_elementwise(z, p, epsilon, pos_weight=1.0):
+    """Elementwise Keras binary cross-entropy on probabilities clipped to [eps, 1-eps]."""
+    z = np.asarray(z, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    pw = np.asarray(pos_weight, dtype=np.float64)
+    c = np.clip(p, epsilon, 1.0 - epsilon)
+    loss = -(pw * z * np.log(c) + (1.0 - z) * np.log(1.0 - c))
+    inside = (p > epsilon) & (p < 1.0 - epsilon)
+    grad = np.where(inside, -(pw * z / c - (1.0 - z) / (1.0 - c)), 0.0)
+    grad = np.where(np.isnan(p), np.nan, grad)
+    return loss, grad
+
+
+# ------------------------------------------------------------ per-sample losses
+
+
+def _check_common(y_pred, label_smoothing, epsilon):
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} outside [0, 1]")
+    if not 0.0 < epsilon < 0.5:
+        raise ValueError(f"epsilon={epsilon} outside (0, 0.5)")
+    if y_pred.ndim < 1:
+        raise ValueError("y_pred must be at least 1-D")
+
+
+def categorical_per_sample(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+):
+    """Per-sample loss, per-sample gradient and denominator weight, dense targets.
+
+    Returns (loss (batch shape), grad (y_pred shape), valid mask, sample class weight).
+    """
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    _check_common(y_pred, label_smoothing, epsilon)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch {y_true.shape} vs {y_pred.shape}")
+    axis = canonical_axis(axis, y_pred.ndim)
+    x, batch_shape = _to_rows(y_pred, axis)
+    t, _ = _to_rows(y_true, axis)
+    n_classes = x.shape[1]
+    if n_classes == 0:
+        raise ValueError("class axis of size 0")
+    w = _class_weight_vector(class_weight, n_classes)
+    smoothed = t * (1.0 - label_smoothing) + label_smoothing / n_classes
+    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss)
+    sample_cw = (t * w).sum(axis=1) if class_weight is not None else np.ones(len(t))
+    return (
+        loss.reshape(batch_shape),
+        _from_rows(grad, batch_shape, axis),
+        np.ones(batch_shape, dtype=bool),
+        sample_cw.reshape(batch_shape),
+    )
+
+
+def _dense_rows(targets, x, from_logits, epsilon, z_loss):
+    if from_logits:
+        return softmax_xent_rows(targets, x, z_loss)
+    if z_loss:
+        raise ValueError("z_loss needs from_logits=True")
+    return prob_xent_rows(targets, x, epsilon)
+
+
+def sparse_categorical_per_sample(
+    y_true,
+    y_pred,
+    from_logits=False,
+    ignore_class=None,
+    axis=-1,
+    label_smoothing=0.0,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+):
+    """Same as ``categorical_per_sample`` for integer labels (shape = y_pred without axis)."""
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    _check_common(y_pred, label_smoothing, epsilon)
+    axis = canonical_axis(axis, y_pred.ndim)
+    labels = sparse_labels_to_int(y_true)
+    batch_shape = y_pred.shape[:axis] + y_pred.shape[axis + 1 :]
+    if labels.shape != batch_shape:
+        raise ValueError(f"shape mismatch {labels.shape} vs {y_pred.shape}")
+    x, _ = _to_rows(y_pred, axis)
+    n_classes = x.shape[1]
+    if n_classes == 0:
+        raise ValueError("class axis of size 0")
+    labels = labels.reshape(-1).astype(np.int64)
+    valid = np.ones(len(labels), dtype=bool) if ignore_class is None else labels != ignore_class
+    out_of_range = valid & ((labels < 0) | (labels >= n_classes))
+    if out_of_range.any():
+        first = np.flatnonzero(out_of_range)[0]
+        pos = np.unravel_index(first, batch_shape)
+        raise ValueError(f"label {labels[first]} at {tuple(int(i) for i in pos)} out of range")
+    one_hot = np.zeros_like(x)
+    one_hot[np.flatnonzero(valid), labels[valid]] = 1.0
+    w = _class_weight_vector(class_weight, n_classes)
+    smoothed = one_hot * (1.0 - label_smoothing) + label_smoothing / n_classes
+    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss)
+    loss[~valid] = 0.0
+    grad[~valid, :] = 0.0
+    sample_cw = (one_hot * w).sum(axis=1) if class_weight is not None else valid * 1.0
+    return (
+        loss.reshape(batch_shape),
+        _from_rows(grad, batch_shape, axis),
+        valid.reshape(batch_shape),
+        sample_cw.reshape(batch_shape),
+    )
+
+
+def binary_per_sample(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    pos_weight=None,
+    epsilon=1e-7,
+):
+    """Per-sample binary cross-entropy: the mean over ``axis`` of the elementwise loss.
+
+    ``pos_weight`` is a scalar or a vector with one entry per position along ``axis``.
+    """
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    _check_common(y_pred, label_smoothing, epsilon)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch {y_true.shape} vs {y_pred.shape}")
+    axis = canonical_axis(axis, y_pred.ndim)
+    x, batch_shape = _to_rows(y_pred, axis)
+    z, _ = _to_rows(y_true, axis)
+    n = x.shape[1]
+    if n == 0:
+        raise ValueError("class axis of size 0")
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    if np.ndim(pw) > 0 and np.shape(pw) != (n,):
+        raise ValueError("bad pos_weight")
+    z = z * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        loss_el, grad_el = sigmoid_xent_elementwise(z, x, pw)
+    else:
+        loss_el, grad_el = sigmoid_prob_xent_elementwise(z, x, epsilon, pw)
+    loss = loss_el.mean(axis=1)
+    grad = grad_el / n
+    return (
+        loss.reshape(batch_shape),
+        _from_rows(grad, batch_shape, axis),
+        np.ones(batch_shape, dtype=bool),
+        np.ones(batch_shape),
+    )
+
+
+_PER_SAMPLE = {
+    "categorical": categorical_per_sample,
+    "sparse_categorical": sparse_categorical_per_sample,
+    "binary": binary_per_sample,
+}
+
+
+# ------------------------------------------------- public-function counterparts
+
+
+def categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    *,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+):
+    """Oracle of ``fastxent.categorical_crossentropy`` (float64 per-sample losses)."""
+    return categorical_per_sample(
+        y_true, y_pred, from_logits, label_smoothing, axis, class_weight, epsilon, z_loss
+    )[0]
+
+
+def sparse_categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    ignore_class=None,
+    axis=-1,
+    *,
+    label_smoothing=0.0,
+    class_weight=None,
+    epsilon=1e-7,
+    z_loss=0.0,
+):
+    """Oracle of ``fastxent.sparse_categorical_crossentropy``."""
+    return sparse_categorical_per_sample(
+        y_true,
+        y_pred,
+        from_logits,
+        ignore_class,
+        axis,
+        label_smoothing,
+        class_weight,
+        epsilon,
+        z_loss,
+    )[0]
+
+
+def binary_crossentropy(
+    y_true,
+    y_pred,
+    from_logits=False,
+    label_smoothing=0.0,
+    axis=-1,
+    *,
+    pos_weight=None,
+    epsilon=1e-7,
+):
+    """Oracle of ``fastxent.binary_crossentropy``."""
+    return binary_per_sample(y_true, y_pred, from_logits, label_smoothing, axis, pos_weight, epsilon)[0]
+
+
+# ------------------------------------------------------ weights and reductions
+
+
+def broadcast_sample_weight(sample_weight, loss_shape):
+    """Sample weights as a float64 array of the per-sample loss shape.
+
+    Lower-rank weights are aligned to the LEADING dims (a (batch,) weight works for a
+    (batch, seq) loss); then ordinary broadcasting applies (ValueError if impossible).
+    """
+    if sample_weight is None:
+        return np.ones(loss_shape)
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    if sw.ndim < len(loss_shape):
+        sw = sw.reshape(sw.shape + (1,) * (len(loss_shape) - sw.ndim))
+    return np.broadcast_to(sw, loss_shape)
+
+
+def reduce_loss_and_grad(loss, grad, valid, sample_cw, axis, sample_weight, reduction):
+    """Apply sample weights and a reduction to per-sample losses and gradients."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"bad reduction {reduction!r}")
+    sw = broadcast_sample_weight(sample_weight, loss.shape)
+    axis = canonical_axis(axis, grad.ndim)
+    sw_along_classes = np.expand_dims(sw, axis)
+    weighted_loss = np.where(valid, loss * sw, 0.0)
+    weighted_grad = np.where(np.expand_dims(valid, axis), grad * sw_along_classes, 0.0)
+    if reduction == "none":
+        return weighted_loss, weighted_grad
+    if loss.size == 0:
+        return 0.0, np.zeros_like(grad)
+    if reduction == "sum":
+        denominator = 1.0
+    elif reduction in ("sum_over_batch_size", "mean"):
+        denominator = float(np.count_nonzero(valid))
+    else:  # mean_with_sample_weight
+        denominator = float(np.sum(np.where(valid, sw * sample_cw, 0.0)))
+    if denominator == 0.0:
+        return 0.0, np.zeros_like(grad)
+    return float(weighted_loss.sum() / denominator), weighted_grad / denominator
+
+
+def reference_loss_and_grad(kind, y_true, y_pred, sample_weight=None, **options):
+    """Oracle of ``Class(**options).loss_and_grad(y_true, y_pred, sample_weight)``.
+
+    ``kind`` is "categorical", "sparse_categorical" or "binary"; ``options`` are the
+    class's constructor arguments (from_logits, label_smoothing, axis, reduction,
+    class_weight / pos_weight, ignore_class, epsilon, z_loss; n_threads is ignored).
+    Returns (loss, grad): a Python float (float64 ndarray for reduction="none") and a
+    float64 ndarray of y_pred's shape.
+    """
+    options = dict(options)
+    reduction = options.pop("reduction", "sum_over_batch_size")
+    options.pop("n_threads", None)
+    axis = options.get("axis", -1)
+    loss, grad, valid, sample_cw = _PER_SAMPLE[kind](y_true, y_pred, **options)
+    return reduce_loss_and_grad(loss, grad, valid, sample_cw, axis, sample_weight, reduction)
+
+
+def reference_loss(kind, y_true, y_pred, sample_weight=None, **options):
+    """Oracle of ``Class(**options)(y_true, y_pred, sample_weight)``."""
+    return reference_loss_and_grad(kind, y_true, y_pred, sample_weight, **options)[0]
+
+
+def per_sample(kind, y_true, y_pred, **options):
+    """Oracle of the per-sample function of ``kind`` (float64 array)."""
+    return _PER_SAMPLE[kind](y_true, y_pred, **options)[0]

@@ -1,0 +1,99 @@
+"""Case generators and assertions shared by the test modules (bottleneck's tests/util.py idea)."""
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
+
+
+def rtol_for(dtype):
+    return RTOL[np.dtype(dtype)]
+
+
+def assert_close(actual, desired, dtype=np.float64, rtol=None, err_msg=""):
+    """allclose with a dtype-dependent rtol and an atol relative to the array's scale.
+
+    NaN must match NaN and +-inf must match exactly.  The atol is ``rtol`` times the
+    largest finite magnitude in ``desired`` (at least 1): gradients have entries near 0
+    whose absolute error is set by the largest entries, not by themselves.
+    """
+    rtol = rtol_for(dtype) if rtol is None else rtol
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, f"shape {actual.shape} != {desired.shape} {err_msg}"
+    finite = desired[np.isfinite(desired)]
+    scale = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
+    np.testing.assert_allclose(
+        actual, desired, rtol=rtol, atol=rtol * scale, equal_nan=True, err_msg=err_msg
+    )
+
+
+def logits(rng, shape, dtype=np.float64, scale=2.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def probabilities(rng, shape, axis=-1, dtype=np.float64, normalized=False):
+    """Positive entries, away from the [eps, 1 - eps] clip boundaries once normalized."""
+    p = rng.uniform(0.05, 1.0, size=shape)
+    if normalized:
+        p = p / p.sum(axis=axis, keepdims=True)
+    return p.astype(dtype)
+
+
+def soft_targets(rng, shape, axis=-1, dtype=np.float64):
+    """Rows that are probability distributions along ``axis`` (sum to 1)."""
+    t = rng.exponential(size=shape)
+    return (t / t.sum(axis=axis, keepdims=True)).astype(dtype)
+
+
+def one_hot_targets(rng, shape, axis=-1, dtype=np.float64):
+    n_classes = shape[axis]
+    batch = tuple(np.delete(np.array(shape), axis % len(shape)))
+    labels = rng.integers(0, n_classes, size=batch)
+    t = np.moveaxis(np.eye(n_classes)[labels], -1, axis % len(shape))
+    return t.astype(dtype)
+
+
+def sparse_labels(rng, pred_shape, axis=-1, ignore_class=None, frac_ignored=0.25, dtype=np.int64):
+    n_classes = pred_shape[axis]
+    batch = tuple(np.delete(np.array(pred_shape), axis % len(pred_shape)))
+    labels = rng.integers(0, n_classes, size=batch)
+    if ignore_class is not None:
+        labels = np.where(rng.random(batch) < frac_ignored, ignore_class, labels)
+    return labels.astype(dtype)
+
+
+def binary_targets(rng, shape, dtype=np.float64, hard=False):
+    if hard:
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    return rng.uniform(0.0, 1.0, size=shape).astype(dtype)
+
+
+def binary_probabilities(rng, shape, dtype=np.float64):
+    return rng.uniform(0.02, 0.98, size=shape).astype(dtype)
+
+
+def batch_shape(pred_shape, axis):
+    return tuple(np.delete(np.array(pred_shape), axis % len(pred_shape)).tolist())
+
+
+def central_difference(f, x, rel_step=1e-6, floor=1.0):
+    """Central finite-difference gradient of the scalar function ``f`` at float64 ``x``.
+
+    The step for entry i is ``rel_step * max(floor, |x_i|)``; use ``floor=0`` for
+    probabilities with tiny entries so that the step never changes their sign.
+    """
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    flat = x.reshape(-1)
+    g = grad.reshape(-1)
+    for i in range(flat.size):
+        h = rel_step * max(floor, abs(flat[i]))
+        old = flat[i]
+        flat[i] = old + h
+        f_plus = f(x)
+        flat[i] = old - h
+        f_minus = f(x)
+        flat[i] = old
+        g[i] = (f_plus - f_minus) / (2.0 * h)
+    return grad
