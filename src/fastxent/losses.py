@@ -205,7 +205,8 @@ class _Loss:
         """The reduced loss: a Python float (an ndarray for ``reduction="none"``)."""
         return self._run(y_true, y_pred, sample_weight).loss
 
-    def loss_and_grad(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False):
+    def loss_and_grad(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False,
+                      return_lse=False):
         """The reduced loss and its gradient with respect to ``y_pred``, in one pass.
 
         Parameters
@@ -218,6 +219,9 @@ class _Loss:
         inplace : bool
             Overwrite ``y_pred`` with the gradient and return it: no N x C allocation.  Opt-in
             only; y_pred must be a writeable C-contiguous (class axis last) array.
+        return_lse : bool
+            Softmax losses from logits only: also return the per-sample log-sum-exp of the
+            logits (shape of the per-sample loss, y_pred's dtype; 0 at ignored positions).
 
         Returns
         -------
@@ -225,10 +229,19 @@ class _Loss:
             As ``__call__``.
         grad : ndarray, shape and dtype of y_pred
             d(loss)/d(y_pred).  With ``reduction="none"``, ``grad[i] = d loss[i] / d y_pred[i]``.
+        lse : ndarray
+            Only with ``return_lse=True``.
         """
+        kw = {}
+        if return_lse:
+            if not isinstance(self, CategoricalCrossentropy | SparseCategoricalCrossentropy):
+                raise ValueError("return_lse applies to the softmax (categorical) losses only")
+            if not self.from_logits:
+                raise ValueError("return_lse needs from_logits=True")
+            kw["want_lse"] = True
         out = self._run(y_true, y_pred, sample_weight, want_grad=True, grad_out=grad_out,
-                        inplace=inplace)
-        return out.loss, out.grad
+                        inplace=inplace, **kw)
+        return (out.loss, out.grad, out.lse) if return_lse else (out.loss, out.grad)
 
     def gradient(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False):
         """d(loss)/d(y_pred) only (see :meth:`loss_and_grad`)."""
