@@ -378,7 +378,9 @@ def binary_crossentropy(
     epsilon=1e-7,
 ):
     """Oracle of ``fastxent.binary_crossentropy``."""
-    return binary_per_sample(y_true, y_pred, from_logits, label_smoothing, axis, pos_weight, epsilon)[0]
+    return binary_per_sample(
+        y_true, y_pred, from_logits, label_smoothing, axis, pos_weight, epsilon
+    )[0]
 
 
 # ------------------------------------------------------ weights and reductions

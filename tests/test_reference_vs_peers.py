@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 import reference as R
 from util import (
     assert_close,
@@ -179,7 +178,9 @@ class TestKerasFunctions:
         k = keras.ops.sparse_categorical_crossentropy(labels, x, from_logits=from_logits)
         assert_close(k, R.sparse_categorical_crossentropy(labels, x, from_logits=from_logits))
 
-    @pytest.mark.parametrize("shape,axis", [((8, 5), -1), ((3, 4, 6), -1), ((3, 4, 6), 1), ((6,), -1)])
+    @pytest.mark.parametrize(
+        "shape,axis", [((8, 5), -1), ((3, 4, 6), -1), ((3, 4, 6), 1), ((6,), -1)]
+    )
     @pytest.mark.parametrize("from_logits", [True, False])
     @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
     def test_binary(self, rng, shape, axis, from_logits, label_smoothing):
@@ -248,7 +249,9 @@ class TestKerasClasses:
         sw = None if sw_shape is None else rng.uniform(0.1, 2.0, size=sw_shape)
         x32 = x.astype(np.float32)
         y_k = y if kind == "sparse_categorical" else y.astype(np.float32)
-        k = _keras_class(kind, from_logits=from_logits, reduction=reduction)(y_k, x32, sample_weight=sw)
+        k = _keras_class(kind, from_logits=from_logits, reduction=reduction)(
+            y_k, x32, sample_weight=sw
+        )
         r = R.reference_loss(
             kind,
             y_k,
@@ -318,7 +321,11 @@ class TestKerasClasses:
             y, x.astype(np.float32)
         )
         r = R.reference_loss(
-            "categorical", y, x.astype(np.float32), from_logits=True, label_smoothing=label_smoothing
+            "categorical",
+            y,
+            x.astype(np.float32),
+            from_logits=True,
+            label_smoothing=label_smoothing,
         )
         assert_close(k, r, rtol=F32)
         z, xb = _case(rng, "binary", (6, 4), True)
@@ -403,7 +410,11 @@ class TestKerasDifferences:
         y = one_hot_targets(rng, shape, axis=axis)
         x = logits(rng, shape)
         k = keras.losses.categorical_crossentropy(
-            y.astype(np.float32), x.astype(np.float32), from_logits=True, label_smoothing=e, axis=axis
+            y.astype(np.float32),
+            x.astype(np.float32),
+            from_logits=True,
+            label_smoothing=e,
+            axis=axis,
         )
         x64 = x.astype(np.float32).astype(np.float64)
         keras_targets = y * (1 - e) + e / shape[-1]
@@ -425,7 +436,12 @@ class TestKerasDifferences:
             from_logits=True, reduction="mean_with_sample_weight"
         )(labels, x, sample_weight=sw)
         r = R.reference_loss(
-            "sparse_categorical", labels, x, sw, from_logits=True, reduction="mean_with_sample_weight"
+            "sparse_categorical",
+            labels,
+            x,
+            sw,
+            from_logits=True,
+            reduction="mean_with_sample_weight",
         )
         per = R.sparse_categorical_crossentropy(labels, x, from_logits=True)
         np.testing.assert_allclose(r, (per * sw).sum() / np.broadcast_to(sw, (4, 3)).sum())
@@ -445,7 +461,12 @@ class TestKerasDifferences:
             labels, x.astype(np.float32), sample_weight=sw[:, None]
         )
         r = R.reference_loss(
-            "sparse_categorical", labels, x.astype(np.float32), sw, from_logits=True, reduction="sum"
+            "sparse_categorical",
+            labels,
+            x.astype(np.float32),
+            sw,
+            from_logits=True,
+            reduction="sum",
         )
         assert_close(k, r, rtol=F32)
 
@@ -654,7 +675,13 @@ class TestTorchZLoss:
         (tg,) = torch.autograd.grad(tl.sum(), xt)
         kind = "sparse_categorical" if sparse else "categorical"
         loss, grad = R.reference_loss_and_grad(
-            kind, y, x, from_logits=True, z_loss=z, label_smoothing=label_smoothing, reduction="none"
+            kind,
+            y,
+            x,
+            from_logits=True,
+            z_loss=z,
+            label_smoothing=label_smoothing,
+            reduction="none",
         )
         assert_close(loss, tl.detach().numpy())
         assert_close(grad, tg.numpy())
@@ -665,7 +692,9 @@ class TestTorchZLoss:
         labels = np.array([0, 1, -1, 3, 2, -1])
         w = rng.uniform(0.5, 2.0, size=4)
         xt = tt(x, grad=True)
-        ce = F.cross_entropy(xt, torch.tensor(labels), weight=tt(w), ignore_index=-1, reduction="none")
+        ce = F.cross_entropy(
+            xt, torch.tensor(labels), weight=tt(w), ignore_index=-1, reduction="none"
+        )
         valid = torch.tensor(labels != -1, dtype=torch.float64)
         tl = ce + z * torch.logsumexp(xt, dim=1) ** 2 * valid
         (tg,) = torch.autograd.grad(tl.sum(), xt)
@@ -765,7 +794,10 @@ class TestTorchBCEWithLogits:
         zs = z * (1 - label_smoothing) + 0.5 * label_smoothing  # torch has no smoothing arg
         xt = tt(x, grad=True)
         el = F.binary_cross_entropy_with_logits(
-            xt, tt(zs), pos_weight=None if pw is None else tt(np.broadcast_to(pw, (k,))), reduction="none"
+            xt,
+            tt(zs),
+            pos_weight=None if pw is None else tt(np.broadcast_to(pw, (k,))),
+            reduction="none",
         )
         tl = {"none": el.mean(dim=-1), "sum": el.sum() / k, "mean": el.mean()}[reduction]
         (tg,) = torch.autograd.grad(tl.sum(), xt)

@@ -77,18 +77,22 @@ def batch_shape(pred_shape, axis):
     return tuple(np.delete(np.array(pred_shape), axis % len(pred_shape)).tolist())
 
 
-def central_difference(f, x, rel_step=1e-6, floor=1.0):
+def central_difference(f, x, rel_step=1e-6, floor=1.0, steps=None):
     """Central finite-difference gradient of the scalar function ``f`` at float64 ``x``.
 
-    The step for entry i is ``rel_step * max(floor, |x_i|)``; use ``floor=0`` for
-    probabilities with tiny entries so that the step never changes their sign.
+    The step for entry i is ``rel_step * max(floor, |x_i|)``, or ``steps[i]`` when given
+    (for entries next to a kink, e.g. a clipped probability, where the step must stay
+    on one side of it yet be large enough to move the row sum).
     """
     x = np.array(x, dtype=np.float64)
+    if steps is None:
+        steps = rel_step * np.maximum(floor, np.abs(x))
+    steps = np.broadcast_to(np.asarray(steps, dtype=np.float64), x.shape).reshape(-1)
     grad = np.zeros_like(x)
     flat = x.reshape(-1)
     g = grad.reshape(-1)
     for i in range(flat.size):
-        h = rel_step * max(floor, abs(flat[i]))
+        h = steps[i]
         old = flat[i]
         flat[i] = old + h
         f_plus = f(x)

@@ -15,6 +15,11 @@ from fastxent._config import (  # noqa: E402
     set_isa,
     show_config,
 )
+from fastxent.linear import (  # noqa: E402
+    linear_cross_entropy,
+    linear_cross_entropy_and_grad,
+    perplexity,
+)
 from fastxent.losses import (  # noqa: E402
     BinaryCrossentropy,
     CategoricalCrossentropy,
@@ -34,6 +39,9 @@ __all__ = [
     "binary_crossentropy",
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
+    "perplexity",
     "show_config",
     "openmp_enabled",
     "get_isa",

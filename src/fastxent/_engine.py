@@ -172,6 +172,7 @@ def _check_bad_labels(bad: int, labels: np.ndarray, y_true, lay: _Layout, ignore
     i = int(np.argmin(ok))
     pos = np.unravel_index(i, lay.batch_shape) if lay.batch_shape else ()
     original = np.asarray(y_true).reshape(-1)[i] if np.size(y_true) == labels.size else labels[i]
+    original = original.item() if hasattr(original, "item") else original
     raise ValueError(
         f"y_true: label {original!r} at position {tuple(int(p) for p in pos)} is outside "
         f"[0, {ncls}) ({bad} label(s) out of range)"

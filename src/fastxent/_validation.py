@@ -111,7 +111,10 @@ def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np
     if kind in "iu":
         if kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
             bad = np.unravel_index(int(np.argmax(arr > np.iinfo(np.int64).max)), arr.shape)
-            raise ValueError(f"y_true holds label {arr[bad]} at position {bad}, far out of range")
+            pos = tuple(int(b) for b in bad)
+            raise ValueError(
+                f"y_true: label {int(arr[bad])} at position {pos} is outside [0, n_classes)"
+            )
         return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
     if kind == "f":
         flat = arr.reshape(-1)

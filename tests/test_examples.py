@@ -1,0 +1,50 @@
+"""Run each script in examples/ as a user would and check what it prints."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name, timeout=120):
+    env = dict(os.environ)  # PYTHONPATH (the in-place build) is inherited
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=EXAMPLES.parent,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _number(pattern, text):
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not found in:\n{text}"
+    return float(match.group(1))
+
+
+def test_mlp_digits():
+    pytest.importorskip("sklearn")
+    out = run_example("mlp_digits.py")
+    assert _number(r"test accuracy: ([0-9.]+)", out) >= 0.95
+    assert _number(r"training time: ([0-9.]+) s", out) < 30.0
+    losses = [float(v) for v in re.findall(r"train loss ([0-9.]+)", out)]
+    assert len(losses) >= 2 and losses[-1] < losses[0] / 10
+
+
+def test_lm_loss_padding():
+    out = run_example("lm_loss_padding.py")
+    assert _number(r"max abs loss diff: ([0-9.e+-]+)", out) < 1e-5
+    assert _number(r"max abs grad diff: ([0-9.e+-]+)", out) < 1e-7
+    assert "padding gradient is zero: True" in out
+    assert "zero at padding: True" in out
+    start, end, optimum = (
+        float(v) for v in re.search(
+            r"bigram LM: loss ([0-9.]+) -> ([0-9.]+) \(optimum ([0-9.]+)\)", out).groups()
+    )
+    assert end < start and abs(end - optimum) < 0.05
+    assert out.rstrip().endswith("result: OK")
