@@ -8,10 +8,12 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
 from fastxent._xent cimport (
-    fx_params, fx_set_isa, fx_get_isa,
-    fx_sigmoid_logits_rows_f32, fx_sigmoid_logits_rows_f64,
+    FX_SPLIT_CHUNK, FX_SPLIT_MIN, fx_get_isa, fx_params, fx_set_isa, fx_sigmoid_chunk_f32,
+    fx_sigmoid_chunk_f64, fx_sigmoid_logits_rows_f32, fx_sigmoid_logits_rows_f64,
     fx_sigmoid_probs_rows_f32, fx_sigmoid_probs_rows_f64,
 )
+
+import numpy as np
 
 DEF BLOCK_ELEMENTS = 32768
 
@@ -35,7 +37,12 @@ def sigmoid_xent(const floating[:, ::1] x, const floating[:, ::1] z, floating[:,
                  bint from_logits, double keep, double spread, double eps,
                  const double[::1] pos_weight, int n_threads):
     """Mean over each row of the elementwise binary cross-entropy; gradient (and, from
-    logits, the Hessian diagonal) scaled by gs0 * gscale[row] / n."""
+    logits, the Hessian diagonal) scaled by gs0 * gscale[row] / n.
+
+    Rows of at least FX_SPLIT_MIN elements are cut into chunks of FX_SPLIT_CHUNK elements
+    that the threads share; each row's chunk sums are then added in chunk order.  Whether a
+    row is split depends only on its length, never on the thread count.
+    """
     cdef int64_t N = x.shape[0], K = x.shape[1]
     cdef fx_params P
     P.keep = keep
@@ -53,6 +60,9 @@ def sigmoid_xent(const floating[:, ::1] x, const floating[:, ::1] z, floating[:,
     cdef floating *hp = &hess[0, 0] if hess is not None else NULL
     cdef const double *sp = &gscale[0] if gscale is not None else NULL
     cdef double *lossp = &loss[0]
+    if K >= FX_SPLIT_MIN:
+        _sigmoid_split(xp, zp, gp, hp, N, K, from_logits, &P, sp, lossp, n_threads)
+        return
     cdef int64_t rpb = rows_per_block(K)
     cdef Py_ssize_t nblocks = (N + rpb - 1) // rpb
     cdef Py_ssize_t b
@@ -71,3 +81,30 @@ def sigmoid_xent(const floating[:, ::1] x, const floating[:, ::1] z, floating[:,
                     fx_sigmoid_logits_rows_f64(xp, zp, gp, hp, K, r0, r1, &P, sp, lossp)
                 else:
                     fx_sigmoid_probs_rows_f64(xp, zp, gp, K, r0, r1, &P, sp, lossp)
+
+
+cdef void _sigmoid_split(const floating *xp, const floating *zp, floating *gp, floating *hp,
+                         int64_t N, int64_t K, bint from_logits, const fx_params *P,
+                         const double *sp, double *lossp, int n_threads):
+    """Long rows: chunks of FX_SPLIT_CHUNK elements in parallel, then an ordered sum per row."""
+    cdef int64_t nch = (K + FX_SPLIT_CHUNK - 1) // FX_SPLIT_CHUNK
+    cdef double[::1] part = np.empty(N * nch)
+    cdef double *pp = &part[0]
+    cdef Py_ssize_t item
+    cdef int64_t r, c, k0, ln
+    cdef double total
+    with nogil:
+        for item in prange(N * nch, schedule="static", num_threads=n_threads):
+            r = item // nch
+            c = item % nch
+            k0 = c * FX_SPLIT_CHUNK
+            ln = K - k0 if K - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
+            if floating is float:
+                pp[item] = fx_sigmoid_chunk_f32(xp, zp, gp, hp, K, r, k0, ln, from_logits, P, sp)
+            else:
+                pp[item] = fx_sigmoid_chunk_f64(xp, zp, gp, hp, K, r, k0, ln, from_logits, P, sp)
+        for r in range(N):
+            total = 0.0
+            for c in range(nch):
+                total = total + pp[r * nch + c]
+            lossp[r] = total / <double>K

@@ -14,6 +14,9 @@ cdef extern from "xent_kernels.h" nogil:
         int64_t ignore
         int has_ignore
 
+    const int FX_SPLIT_MIN
+    const int FX_SPLIT_CHUNK
+
     int fx_set_isa(int level)
     int fx_get_isa()
     int fx_cpu_isa_level()
@@ -48,3 +51,9 @@ cdef extern from "xent_kernels.h" nogil:
     void fx_sigmoid_probs_rows_f64(const double *x, const double *z, double *g, int64_t n,
                                    int64_t r0, int64_t r1, const fx_params *P,
                                    const double *gscale, double *loss)
+    double fx_sigmoid_chunk_f32(const float *x, const float *z, float *g, float *h, int64_t n,
+                                int64_t r, int64_t k0, int64_t len, int from_logits,
+                                const fx_params *P, const double *gscale)
+    double fx_sigmoid_chunk_f64(const double *x, const double *z, double *g, double *h,
+                                int64_t n, int64_t r, int64_t k0, int64_t len, int from_logits,
+                                const fx_params *P, const double *gscale)

@@ -22,6 +22,10 @@
 
 #define FX_LANES 16   /* fixed accumulation lanes: independent of the vector width */
 #define FX_CHUNK 4096 /* elements per flat chunk for short binary rows */
+#define FX_SHORT 16   /* softmax rows of at most this many classes use the transposed kernel */
+#define FX_RG 32      /* rows per transposed group (the vector lanes) */
+#define FX_SPLIT_MIN 262144  /* rows of at least this many elements are split across threads */
+#define FX_SPLIT_CHUNK 65536 /* ... into chunks of this many elements (fixed: thread-count free) */
 
 typedef struct {
     double keep;        /* 1 - label_smoothing */
@@ -46,14 +50,18 @@ FX_INLINE double fx_lanes_total(const double *a)
 }
 
 #define FX_T float
+#define FX_F32 1
 #define FX_N(name) name##_f32
 #include "xent_rows.inc"
 #undef FX_T
+#undef FX_F32
 #undef FX_N
 #define FX_T double
+#define FX_F32 0
 #define FX_N(name) name##_f64
 #include "xent_rows.inc"
 #undef FX_T
+#undef FX_F32
 #undef FX_N
 
 /* ---- instruction-set variants of the block entry points ---- */
@@ -138,7 +146,10 @@ static void fx_sigmoid_logits_rows_##S(const T *x, const T *z, T *g, T *h, int64
 { FX_DISPATCH(fx_sigmoid_logits_rows_##S, (x, z, g, h, n, r0, r1, P, gscale, loss)) }         \
 static void fx_sigmoid_probs_rows_##S(const T *x, const T *z, T *g, int64_t n,                \
         int64_t r0, int64_t r1, const fx_params *P, const double *gscale, double *loss)        \
-{ FX_DISPATCH(fx_sigmoid_probs_rows_##S, (x, z, g, n, r0, r1, P, gscale, loss)) }
+{ FX_DISPATCH(fx_sigmoid_probs_rows_##S, (x, z, g, n, r0, r1, P, gscale, loss)) }         \
+static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n, int64_t r,     \
+        int64_t k0, int64_t len, int from_logits, const fx_params *P, const double *gscale)     \
+{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, r, k0, len, from_logits, P, gscale)) }
 
 FX_DECLARE_DISPATCHERS(float, f32)
 FX_DECLARE_DISPATCHERS(double, f64)

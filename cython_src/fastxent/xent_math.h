@@ -110,4 +110,74 @@ FX_INLINE double fx_log_pos(double x)
     return ed * ln2hi + (fx_two_atanh_small(s) + ed * ln2lo);
 }
 
+/* ---- single precision (float data) ---- */
+
+FX_INLINE int32_t fx_bits_f(float x) { int32_t i; memcpy(&i, &x, sizeof i); return i; }
+FX_INLINE float fx_from_bits_f(int32_t i) { float x; memcpy(&x, &i, sizeof x); return x; }
+
+/*
+ * exp(x - m) for float x <= m (the row max), x = -inf (-> 0) and NaN (-> NaN), in single
+ * precision, with the subtraction made exact: d = fl(x - m) and its rounding error err come
+ * from Knuth's TwoSum, and exp(d + err) is evaluated, so the result does not lose accuracy
+ * for large |x - m| (a plain float32 exp(x - m) has a relative error up to |x - m| * 2^-24).
+ *
+ * Cody-Waite reduction d = n ln2 + r with a 9-bit ln2hi (n ln2hi is exact for |n| <= 150),
+ * |r| <= ln2/2 + tiny, the degree-7 minimax polynomial of Cephes' expf (max relative error
+ * 1.2e-7 on that interval), and 2^n applied as 2^(n+64) * 2^-64 so that subnormal results
+ * are rounded once, correctly.  Relative error <= 2 ulp of float (tests/test_math_accuracy.py).
+ */
+/* exp(d + err) for float d <= 0 (or -inf, NaN) and a small correction err (0 when d is
+ * exact); the core of fx_expf_shifted and fx_expf_nonpos below. */
+FX_INLINE float fx_expf_core(float d, float err)
+{
+    const float magic = 12582912.0f;                      /* 1.5 * 2^23 */
+    const float log2e = 1.44269504088896341f;
+    const float ln2hi = 0.693359375f;                      /* 0x3f318000: 9 significant bits */
+    const float ln2lo = -2.12194440e-4f;
+    int under = d < -104.0f;                              /* exp < 2^-150: rounds to 0 */
+    d = under ? -104.0f : d;                              /* -inf -> 0 below; NaN passes */
+    err = under ? 0.0f : err;                             /* (err is NaN when x = -inf) */
+    float t = d * log2e + magic;
+    float nf = t - magic;                                  /* round-to-nearest(d / ln2) */
+    float r = ((d - nf * ln2hi) - nf * ln2lo) + err;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = (p * (r * r) + r) + 1.0f;
+    /* the low bits of t hold n (two's complement); n + 64 + 127 is in [41, 191] */
+    float scale = fx_from_bits_f((int32_t)(((uint32_t)fx_bits_f(t) + 191u) << 23));
+    return (y * scale) * 0x1p-64f;
+}
+
+FX_INLINE float fx_expf_shifted(float x, float negm)
+{
+    float d = x + negm;
+    float bp = d - x;                                      /* TwoSum(x, -m) */
+    float ap = d - bp;
+    float err = (x - ap) + (negm - bp);
+    return fx_expf_core(d, err);
+}
+
+/* exp(d) for float d <= 0, -inf (-> 0) and NaN. */
+FX_INLINE float fx_expf_nonpos(float d) { return fx_expf_core(d, 0.0f); }
+
+/* log1p(y) for float y in [0, 1] (NaN passes), as fx_log1p_unit with a series cut for float:
+ * |s| <= 0.1716, terms to s^9 (truncation < 3e-9 relative). */
+FX_INLINE float fx_log1pf_unit(float y)
+{
+    const float ln2 = 0.693147180559945f;
+    int hi = y > 0.41421356f;
+    float s = hi ? (y - 1.0f) / (y + 3.0f) : y / (2.0f + y);
+    float k = hi ? ln2 : 0.0f;
+    float s2 = s * s;
+    float p = 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    return k + (2.0f * s + (2.0f * s) * (s2 * p));
+}
+
 #endif /* FASTXENT_XENT_MATH_H */
