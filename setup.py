@@ -120,6 +120,11 @@ def main():
     include_dirs = [np.get_include(), os.path.join(HERE, "cython_src", "fastxent"), GENERATED]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     names = ["_openmp_helpers", "_softmax", "_sigmoid"]
+    kernel_dir = os.path.join("cython_src", "fastxent")
+    # the C kernels the modules include: a change to any of them rebuilds the extensions
+    headers = sorted(
+        os.path.join(kernel_dir, f) for f in os.listdir(kernel_dir) if f.endswith((".h", ".inc"))
+    )
     extensions = [
         Extension(
             f"fastxent.{name}",
@@ -129,6 +134,7 @@ def main():
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             libraries=["m"],
+            depends=headers,
         )
         for name in names
     ]

@@ -6,16 +6,58 @@ the same code whatever the thread count, so results are bitwise identical for an
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int8_t, int64_t
 
 from fastxent._xent cimport (
-    fx_params, fx_set_isa, fx_get_isa, fx_cpu_isa_level,
-    fx_softmax_logits_rows_f32, fx_softmax_logits_rows_f64,
-    fx_softmax_probs_rows_f32, fx_softmax_probs_rows_f64,
+    FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN, fx_cpu_isa_level, fx_get_isa, fx_params, fx_set_isa,
+    fx_softmax_logits_rows_f32, fx_softmax_logits_rows_f64, fx_softmax_probs_rows_f32,
+    fx_softmax_probs_rows_f64, fx_softmax_split_combine_f32, fx_softmax_split_combine_f64,
+    fx_softmax_split_grad_f32, fx_softmax_split_grad_f64, fx_softmax_split_stats_f32,
+    fx_softmax_split_stats_f64, fx_exp_nonpos, fx_expf_shifted, fx_log1p_unit, fx_log1pf_unit,
+    fx_log_pos,
 )
+
+import numpy as np
 
 # elements per block of rows handed to one thread at a time
 DEF BLOCK_ELEMENTS = 32768
+
+# Kernel paths, chosen by the row length only (never by the thread count):
+SHORT_ROWS = FX_SHORT      # softmax rows of at most this many classes: transposed kernel
+SPLIT_MIN = FX_SPLIT_MIN   # rows of at least this many elements: split across threads
+SPLIT_CHUNK = FX_SPLIT_CHUNK
+
+
+def _elementary(str name, x, double shift=0.0):
+    """The kernels' elementary functions on an array, for tests/test_kernel_paths.py:
+    "exp" (float64, x <= 0), "log1p" (float64, x in [0, 1]), "log" (float64, x > 0),
+    "expf" (float32 exp(x - shift), x <= shift), "log1pf" (float32, x in [0, 1])."""
+    cdef Py_ssize_t i
+    cdef double[::1] xd, od
+    cdef float[::1] xf, of
+    cdef float negm = -<float>shift
+    if name in ("expf", "log1pf"):
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(a)
+        xf = a
+        of = out
+        for i in range(xf.shape[0]):
+            of[i] = fx_expf_shifted(xf[i], negm) if name == "expf" else fx_log1pf_unit(xf[i])
+        return out
+    a = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(a)
+    xd = a
+    od = out
+    for i in range(xd.shape[0]):
+        if name == "exp":
+            od[i] = fx_exp_nonpos(xd[i])
+        elif name == "log1p":
+            od[i] = fx_log1p_unit(xd[i])
+        elif name == "log":
+            od[i] = fx_log_pos(xd[i])
+        else:
+            raise ValueError(f"unknown function {name!r}")
+    return out
 
 
 def set_isa(int level):
@@ -64,6 +106,10 @@ def softmax_xent_logits(const floating[:, ::1] x, floating[:, ::1] grad,
     Row r's gradient is scaled by ``gs0 * gscale[r]``; ``grad``, ``hess``, ``gscale`` and
     ``lse`` may be None.  Returns the number of labels
     outside [0, n_classes) that were not ``ignore_class``.
+
+    Rows of at least FX_SPLIT_MIN classes (without the Hessian) are cut into chunks of
+    FX_SPLIT_CHUNK classes that the threads share, merged per row with the online
+    log-sum-exp rule in chunk order: whether a row is split depends on its length only.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1]
     cdef fx_params P = make_params(keep, spread, zloss, 0.0, gs0, class_weight, ignore_class)
@@ -75,6 +121,8 @@ def softmax_xent_logits(const floating[:, ::1] x, floating[:, ::1] grad,
     cdef const double *sp = &gscale[0] if gscale is not None else NULL
     cdef double *lossp = &loss[0]
     cdef double *lsep = &lse[0] if lse is not None else NULL
+    if C >= FX_SPLIT_MIN and hp == NULL:
+        return _softmax_split(xp, gp, tp, lp, N, C, &P, sp, lossp, lsep, n_threads)
     cdef int64_t rpb = rows_per_block(C)
     cdef Py_ssize_t nblocks = (N + rpb - 1) // rpb
     cdef Py_ssize_t b
@@ -118,4 +166,50 @@ def softmax_xent_probs(const floating[:, ::1] x, floating[:, ::1] grad,
                 bad += fx_softmax_probs_rows_f32(xp, gp, tp, lp, C, r0, r1, &P, sp, lossp)
             else:
                 bad += fx_softmax_probs_rows_f64(xp, gp, tp, lp, C, r0, r1, &P, sp, lossp)
+    return bad
+
+
+cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp,
+                            const int64_t *lp, int64_t N, int64_t C, const fx_params *P,
+                            const double *sp, double *lossp, double *lsep, int n_threads):
+    """Rows too long for one thread: per-chunk statistics in parallel, an ordered per-row
+    merge, then the per-chunk gradient in parallel (see xent_blocks_t.inc)."""
+    cdef int64_t nch = (C + FX_SPLIT_CHUNK - 1) // FX_SPLIT_CHUNK
+    cdef double[:, ::1] stats = np.empty((N * nch, 4))
+    cdef double[::1] row_t = np.empty(N)
+    cdef int8_t[::1] status = np.empty(N, dtype=np.int8)
+    cdef double *st = &stats[0, 0]
+    cdef double *rt = &row_t[0]
+    cdef int8_t *stp = &status[0]
+    cdef Py_ssize_t item
+    cdef int64_t r, c, k0, ln, bad = 0
+    with nogil:
+        for item in prange(N * nch, schedule="static", num_threads=n_threads):
+            r = item // nch
+            c = item % nch
+            k0 = c * FX_SPLIT_CHUNK
+            ln = C - k0 if C - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
+            if floating is float:
+                fx_softmax_split_stats_f32(xp, gp, tp, lp, C, r, k0, ln, P, st + 4 * item)
+            else:
+                fx_softmax_split_stats_f64(xp, gp, tp, lp, C, r, k0, ln, P, st + 4 * item)
+        for r in range(N):
+            if floating is float:
+                bad += fx_softmax_split_combine_f32(lp, C, nch, r, P, sp, st + 4 * r * nch,
+                                                    lossp, lsep, rt, stp)
+            else:
+                bad += fx_softmax_split_combine_f64(lp, C, nch, r, P, sp, st + 4 * r * nch,
+                                                    lossp, lsep, rt, stp)
+        if gp != NULL:
+            for item in prange(N * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                c = item % nch
+                k0 = c * FX_SPLIT_CHUNK
+                ln = C - k0 if C - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
+                if floating is float:
+                    fx_softmax_split_grad_f32(gp, tp, lp, C, r, k0, ln, P, sp, st + 4 * item,
+                                              rt, stp)
+                else:
+                    fx_softmax_split_grad_f64(gp, tp, lp, C, r, k0, ln, P, sp, st + 4 * item,
+                                              rt, stp)
     return bad

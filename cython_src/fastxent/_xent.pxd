@@ -1,5 +1,5 @@
 # Declarations of the C kernels in xent_kernels.h (shared by _softmax and _sigmoid).
-from libc.stdint cimport int64_t
+from libc.stdint cimport int8_t, int64_t
 
 
 cdef extern from "xent_kernels.h" nogil:
@@ -15,7 +15,15 @@ cdef extern from "xent_kernels.h" nogil:
         int has_ignore
 
     const int FX_SPLIT_MIN
+    const int FX_SHORT
     const int FX_SPLIT_CHUNK
+
+    # elementary functions (for the accuracy tests)
+    double fx_exp_nonpos(double x)
+    double fx_log1p_unit(double y)
+    double fx_log_pos(double x)
+    float fx_expf_shifted(float x, float negm)
+    float fx_log1pf_unit(float y)
 
     int fx_set_isa(int level)
     int fx_get_isa()
@@ -57,3 +65,25 @@ cdef extern from "xent_kernels.h" nogil:
     double fx_sigmoid_chunk_f64(const double *x, const double *z, double *g, double *h,
                                 int64_t n, int64_t r, int64_t k0, int64_t len, int from_logits,
                                 const fx_params *P, const double *gscale)
+    void fx_softmax_split_stats_f32(const float *x, float *g, const float *t, const int64_t *labels,
+                                   int64_t n, int64_t r, int64_t k0, int64_t len,
+                                   const fx_params *P, double *st)
+    void fx_softmax_split_grad_f32(float *g, const float *t, const int64_t *labels, int64_t n,
+                                  int64_t r, int64_t k0, int64_t len, const fx_params *P,
+                                  const double *gscale, const double *st, const double *rowT,
+                                  const int8_t *status)
+    int64_t fx_softmax_split_combine_f32(const int64_t *labels, int64_t n, int64_t nch, int64_t r,
+                                        const fx_params *P, const double *gscale, double *st,
+                                        double *loss, double *lse, double *rowT,
+                                        int8_t *status)
+    void fx_softmax_split_stats_f64(const double *x, double *g, const double *t, const int64_t *labels,
+                                   int64_t n, int64_t r, int64_t k0, int64_t len,
+                                   const fx_params *P, double *st)
+    void fx_softmax_split_grad_f64(double *g, const double *t, const int64_t *labels, int64_t n,
+                                  int64_t r, int64_t k0, int64_t len, const fx_params *P,
+                                  const double *gscale, const double *st, const double *rowT,
+                                  const int8_t *status)
+    int64_t fx_softmax_split_combine_f64(const int64_t *labels, int64_t n, int64_t nch, int64_t r,
+                                        const fx_params *P, const double *gscale, double *st,
+                                        double *loss, double *lse, double *rowT,
+                                        int8_t *status)

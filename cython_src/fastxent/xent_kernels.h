@@ -149,7 +149,20 @@ static void fx_sigmoid_probs_rows_##S(const T *x, const T *z, T *g, int64_t n,  
 { FX_DISPATCH(fx_sigmoid_probs_rows_##S, (x, z, g, n, r0, r1, P, gscale, loss)) }         \
 static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n, int64_t r,     \
         int64_t k0, int64_t len, int from_logits, const fx_params *P, const double *gscale)     \
-{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, r, k0, len, from_logits, P, gscale)) }
+{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, r, k0, len, from_logits, P, gscale)) }    \
+static void fx_softmax_split_stats_##S(const T *x, T *g, const T *t, const int64_t *labels,     \
+        int64_t n, int64_t r, int64_t k0, int64_t len, const fx_params *P, double *st)         \
+{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, g, t, labels, n, r, k0, len, P, st)) }          \
+static void fx_softmax_split_grad_##S(T *g, const T *t, const int64_t *labels, int64_t n,       \
+        int64_t r, int64_t k0, int64_t len, const fx_params *P, const double *gscale,          \
+        const double *st, const double *rowT, const int8_t *status)                            \
+{ FX_DISPATCH(fx_softmax_split_grad_##S, (g, t, labels, n, r, k0, len, P, gscale, st, rowT,   \
+                                          status)) }                                           \
+static int64_t fx_softmax_split_combine_##S(const int64_t *labels, int64_t n, int64_t nch,      \
+        int64_t r, const fx_params *P, const double *gscale, double *st, double *loss,         \
+        double *lse, double *rowT, int8_t *status)                                             \
+{ FX_DISPATCH(fx_softmax_split_combine_##S, (labels, n, nch, r, P, gscale, st, loss, lse,     \
+                                             rowT, status)) }
 
 FX_DECLARE_DISPATCHERS(float, f32)
 FX_DECLARE_DISPATCHERS(double, f64)

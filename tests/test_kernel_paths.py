@@ -1,0 +1,232 @@
+"""Every kernel path against the oracle, bitwise determinism across threads and instruction
+sets on each path, and the accuracy of the kernels' own elementary functions.
+
+The kernels choose a path by the row length only (``fastxent._softmax``: ``SHORT_ROWS``,
+``SPLIT_MIN``, ``SPLIT_CHUNK``):
+
+* softmax rows of at most ``SHORT_ROWS`` classes: groups of rows transposed so that the vector
+  lanes run across rows;
+* longer rows: one row per thread at a time, 16 fixed float64 accumulation lanes;
+* rows of at least ``SPLIT_MIN`` elements (softmax and binary): cut into chunks of
+  ``SPLIT_CHUNK`` that the threads share, merged per row in chunk order (the online
+  log-sum-exp rule for softmax).
+
+float32 data: exp and log1p are evaluated in single precision (the shift x - max made exact
+by TwoSum), every sum in float64.
+"""
+
+import numpy as np
+import pytest
+import reference as R
+from util import assert_close, binary_targets, logits, soft_targets, sparse_labels
+
+import fastxent as fx
+from fastxent import _softmax
+
+SHORT = _softmax.SHORT_ROWS
+SPLIT = _softmax.SPLIT_MIN
+CHUNK = _softmax.SPLIT_CHUNK
+
+# class counts on each side of every path boundary
+SOFTMAX_WIDTHS = [1, 2, 7, SHORT, SHORT + 1, 33, 1000]
+SPLIT_WIDTH = SPLIT + CHUNK // 2 + 3  # a last chunk of odd length
+
+
+def _case(kind, rng, shape, dtype, ignore=None):
+    x = logits(rng, shape, dtype)
+    if kind == "sparse_categorical":
+        y = sparse_labels(rng, shape, ignore_class=ignore)
+    elif kind == "categorical":
+        y = soft_targets(rng, shape, dtype=dtype)
+    else:
+        y = binary_targets(rng, shape, dtype=dtype)
+    return y, x
+
+
+CLASSES = {
+    "sparse_categorical": fx.SparseCategoricalCrossentropy,
+    "categorical": fx.CategoricalCrossentropy,
+    "binary": fx.BinaryCrossentropy,
+}
+
+OPTIONS = {
+    "sparse_categorical": [
+        {},
+        {"label_smoothing": 0.1},
+        {"class_weight": "random", "reduction": "mean_with_sample_weight"},
+        {"ignore_class": 0},
+        {"z_loss": 1e-3},
+    ],
+    "categorical": [{}, {"label_smoothing": 0.2}, {"class_weight": "random"}, {"z_loss": 1e-3}],
+    "binary": [{}, {"label_smoothing": 0.1}, {"pos_weight": "random"}],
+}
+
+
+def _resolve(options, rng, n):
+    out = dict(options)
+    for key in ("class_weight", "pos_weight"):
+        if out.get(key) == "random":
+            out[key] = rng.uniform(0.5, 2.0, n)
+    return out
+
+
+def _check_against_oracle(kind, y, x, options, dtype, sample_weight=None, n_threads=2):
+    obj = CLASSES[kind](from_logits=True, n_threads=n_threads, **options)
+    loss, grad = obj.loss_and_grad(y, x, sample_weight)
+    ref_loss, ref_grad = R.reference_loss_and_grad(
+        kind, y, x, sample_weight, from_logits=True, **options
+    )
+    assert grad.dtype == x.dtype
+    assert_close(loss, ref_loss, dtype)
+    assert_close(grad, ref_grad, dtype)
+    per_options = {**options, "reduction": "none"}
+    per = CLASSES[kind](from_logits=True, **per_options)(y, x)
+    ref_per = R.reference_loss(kind, y, x, from_logits=True, **per_options)
+    assert_close(per, ref_per, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", SOFTMAX_WIDTHS)
+@pytest.mark.parametrize("kind", ["sparse_categorical", "categorical", "binary"])
+def test_paths_match_oracle(kind, n_classes, dtype, rng):
+    for options in OPTIONS[kind]:
+        options = _resolve(options, rng, n_classes)
+        y, x = _case(kind, rng, (67, n_classes), dtype, options.get("ignore_class"))
+        w = rng.uniform(0.0, 2.0, 67)
+        _check_against_oracle(kind, y, x, options, dtype, sample_weight=w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["sparse_categorical", "categorical", "binary"])
+def test_split_rows_match_oracle(kind, dtype, rng):
+    for options in OPTIONS[kind]:
+        options = _resolve(options, rng, SPLIT_WIDTH)
+        y, x = _case(kind, rng, (3, SPLIT_WIDTH), dtype)
+        if kind == "sparse_categorical":
+            y[:] = [5, SPLIT_WIDTH - 1, CHUNK + 7]  # labels in the first, last and a middle chunk
+            if "ignore_class" in options:
+                y[1] = options["ignore_class"]
+        _check_against_oracle(kind, y, x, options, dtype, sample_weight=np.array([1.0, 0.5, 2.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_rows_special_values(dtype, rng):
+    """A chunk that is all -inf (masked) is no NaN; a labelled masked class is +inf; NaN
+    stays in its row; a row all -inf is NaN."""
+    x = logits(rng, (4, SPLIT_WIDTH), dtype)
+    x[0, CHUNK : 2 * CHUNK] = -np.inf  # a masked chunk, label elsewhere
+    x[1, :CHUNK] = -np.inf  # a masked chunk holding the label
+    x[2, 3 * CHUNK + 11] = np.nan
+    x[3, :] = -np.inf
+    y = np.array([2 * CHUNK + 1, 17, 4, 0])
+    per, grad = fx.SparseCategoricalCrossentropy(from_logits=True, reduction="none").loss_and_grad(
+        y, x
+    )
+    ref_per = R.reference_loss("sparse_categorical", y, x, from_logits=True, reduction="none")
+    assert np.isfinite(per[0]) and per[1] == np.inf and np.isnan(per[2]) and np.isnan(per[3])
+    assert_close(per[0], ref_per[0], dtype)
+    assert np.all(grad[0, CHUNK : 2 * CHUNK] == 0) and np.all(np.isfinite(grad[0]))
+    assert np.all(np.isnan(grad[2])) and np.all(np.isnan(grad[3]))
+    assert grad[1, 17] < 0 and np.all(grad[1, :17] == 0)
+    # soft targets: a masked chunk with zero targets contributes nothing
+    t = np.zeros_like(x[:1])
+    t[0, [0, 2 * CHUNK + 5]] = 0.5
+    loss = fx.categorical_crossentropy(t, x[:1], from_logits=True)
+    ref = R.per_sample("categorical", t, x[:1], from_logits=True)
+    assert_close(loss, ref, dtype)
+
+
+def _all_isas():
+    return fx.available_isas()
+
+
+def _bits(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8).tobytes() if isinstance(a, np.ndarray) else np.float64(a).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "kind,shape",
+    [
+        ("sparse_categorical", (301, 10)),
+        ("sparse_categorical", (40, 1000)),
+        ("sparse_categorical", (2, SPLIT_WIDTH)),
+        ("categorical", (301, 5)),
+        ("categorical", (2, SPLIT_WIDTH)),
+        ("binary", (301, 3)),
+        ("binary", (20, 700)),
+        ("binary", (SPLIT_WIDTH,)),
+    ],
+)
+def test_bitwise_identical_across_threads_and_isas(kind, shape, dtype, rng):
+    y, x = _case(kind, rng, shape, dtype)
+    before = fx.get_isa()
+    results = []
+    try:
+        for isa in _all_isas():
+            fx.set_isa(isa)
+            for nt in (1, 2, 3):
+                obj = CLASSES[kind](from_logits=True, reduction="none", n_threads=nt)
+                per, grad = obj.loss_and_grad(y, x)
+                results.append(((isa, nt), _bits(per) + _bits(grad)))
+    finally:
+        fx.set_isa(before)
+    first = results[0][1]
+    for key, bits in results[1:]:
+        assert bits == first, f"{kind} {shape} {np.dtype(dtype).name}: {key} differs"
+
+
+# ---- elementary functions -----------------------------------------------------------------
+
+
+def _ulp_error(got, exact, dtype):
+    """|got - exact| in units of the last place of exact rounded to dtype."""
+    rounded = np.asarray(exact, dtype=dtype)
+    ulp = np.spacing(np.abs(rounded)).astype(np.float64)
+    return np.abs(np.asarray(got, np.float64) - exact) / ulp
+
+
+@pytest.mark.parametrize("shift", [0.0, 3.7, -20.5, 1e4])
+def test_expf_shifted_within_one_ulp(shift):
+    m = np.float32(shift)
+    x = (np.linspace(-110.0, 0.0, 400_001) + np.float64(m)).astype(np.float32)
+    x = x[x <= m]
+    got = _softmax._elementary("expf", x, float(m))
+    exact = np.exp(x.astype(np.float64) - np.float64(m))  # exact shift in float64
+    normal = exact >= np.finfo(np.float32).tiny
+    assert _ulp_error(got[normal], exact[normal], np.float32).max() <= 1.0
+    # subnormal results: rounded once (error at most one subnormal ulp), then 0
+    tiny = ~normal
+    assert np.abs(got[tiny] - exact[tiny]).max() <= np.float64(2.0**-149)
+    special = np.array([-np.inf, np.nan, m, np.float32(m) - 200], dtype=np.float32)
+    out = _softmax._elementary("expf", special, float(m))
+    assert out[0] == 0.0 and np.isnan(out[1]) and out[2] == 1.0 and out[3] == 0.0
+
+
+def test_expf_shift_is_exact():
+    """exp(x - m) keeps full accuracy where x - m rounds in float32 (x tiny, m large)."""
+    m = np.float32(30.000002)
+    x = np.float32(1e-6) * np.arange(1, 1000, dtype=np.float32)
+    got = _softmax._elementary("expf", x, float(m))
+    exact = np.exp(x.astype(np.float64) - np.float64(m))
+    assert _ulp_error(got, exact, np.float32).max() <= 1.0
+
+
+def test_log1pf_within_two_ulp():
+    y = np.linspace(0.0, 1.0, 400_001).astype(np.float32)[1:]
+    got = _softmax._elementary("log1pf", y)
+    assert _ulp_error(got, np.log1p(y.astype(np.float64)), np.float32).max() <= 2.0
+    out = _softmax._elementary("log1pf", np.array([0.0, np.nan], dtype=np.float32))
+    assert out[0] == 0.0 and np.isnan(out[1])
+
+
+def test_double_elementary_functions(rng):
+    x = -np.abs(rng.standard_normal(200_000)) * 30
+    assert _ulp_error(_softmax._elementary("exp", x), np.exp(x), np.float64).max() <= 2.0
+    y = rng.random(200_000)
+    assert _ulp_error(_softmax._elementary("log1p", y), np.log1p(y), np.float64).max() <= 2.0
+    p = np.exp(rng.uniform(-30, 30, 200_000))
+    lp = np.log(p)
+    nz = lp != 0
+    assert _ulp_error(_softmax._elementary("log", p)[nz], lp[nz], np.float64).max() <= 2.0
