@@ -119,7 +119,7 @@ def main():
 
     include_dirs = [np.get_include(), os.path.join(HERE, "cython_src", "fastxent"), GENERATED]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    names = ["_openmp_helpers", "_softmax", "_sigmoid"]
+    names = ["_openmp_helpers", "_softmax", "_sigmoid", "_buffers"]
     kernel_dir = os.path.join("cython_src", "fastxent")
     # the C kernels the modules include: a change to any of them rebuilds the extensions
     headers = sorted(

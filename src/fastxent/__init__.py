@@ -7,6 +7,11 @@ gradient once.  See the README for the semantics table and the Keras / PyTorch m
 
 __version__ = "0.1.0"
 
+from fastxent._cache import (  # noqa: E402
+    _init_buffer_cache_from_env,
+    buffer_cache_info,
+    set_buffer_cache,
+)
 from fastxent._config import (  # noqa: E402
     _init_isa_from_env,
     available_isas,
@@ -30,6 +35,7 @@ from fastxent.losses import (  # noqa: E402
 )
 
 _init_isa_from_env()
+_init_buffer_cache_from_env()
 
 __all__ = [
     "__version__",
@@ -47,4 +53,6 @@ __all__ = [
     "get_isa",
     "set_isa",
     "available_isas",
+    "set_buffer_cache",
+    "buffer_cache_info",
 ]

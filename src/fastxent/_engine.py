@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastxent import _sigmoid, _softmax
+from fastxent import _buffers, _sigmoid, _softmax
 from fastxent._config import resolve_n_threads
 from fastxent._validation import (
     as_float_array,
@@ -88,7 +88,7 @@ def _grad_buffers(lay: _Layout, grad_out, inplace: bool, others) -> np.ndarray:
                 raise ValueError(f"inplace=True: y_pred overlaps {name}")
         return lay.x2
     if grad_out is None:
-        return np.empty_like(lay.x2)
+        return _buffers.empty_like(lay.x2)
     if not isinstance(grad_out, np.ndarray):
         raise TypeError("grad_out must be a NumPy array")
     if grad_out.shape != lay.arr.shape:
@@ -255,7 +255,7 @@ def softmax_xent(
             lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
         )
     if want_hess:
-        hess2 = np.empty_like(lay.x2)
+        hess2 = _buffers.empty_like(lay.x2)
     loss64 = np.empty(n_rows)
     lse = np.empty(n_rows) if want_lse else None
 
@@ -337,7 +337,7 @@ def sigmoid_xent(
             lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
         )
     if want_hess:
-        hess2 = np.empty_like(lay.x2)
+        hess2 = _buffers.empty_like(lay.x2)
     loss64 = np.empty(n_rows)
     if n_rows:
         _sigmoid.sigmoid_xent(
