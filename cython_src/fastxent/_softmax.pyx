@@ -13,7 +13,7 @@ from fastxent._xent cimport (
     fx_softmax_logits_rows_f32, fx_softmax_logits_rows_f64, fx_softmax_probs_rows_f32,
     fx_softmax_probs_rows_f64, fx_softmax_split_combine_f32, fx_softmax_split_combine_f64,
     fx_softmax_split_grad_f32, fx_softmax_split_grad_f64, fx_softmax_split_stats_f32,
-    fx_softmax_split_stats_f64, fx_exp_nonpos, fx_expf_shifted, fx_log1p_unit, fx_log1pf_unit,
+    fx_softmax_split_stats_f64, fx_exp_nonpos, fx_expf_shifted, fx_log1p_unit, fx_log1pf_recip,
     fx_log_pos,
 )
 
@@ -31,18 +31,25 @@ SPLIT_CHUNK = FX_SPLIT_CHUNK
 def _elementary(str name, x, double shift=0.0):
     """The kernels' elementary functions on an array, for tests/test_kernel_paths.py:
     "exp" (float64, x <= 0), "log1p" (float64, x in [0, 1]), "log" (float64, x > 0),
-    "expf" (float32 exp(x - shift), x <= shift), "log1pf" (float32, x in [0, 1])."""
+    "expf" (float32 exp(x - shift), x <= shift), "log1pf" (float32, x in [0, 1]) and
+    "recipf" (float32 1 / (1 + x), x in [0, 1], a by-product of log1pf)."""
     cdef Py_ssize_t i
     cdef double[::1] xd, od
     cdef float[::1] xf, of
     cdef float negm = -<float>shift
-    if name in ("expf", "log1pf"):
+    cdef float inv
+    if name in ("expf", "log1pf", "recipf"):
         a = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty_like(a)
         xf = a
         of = out
         for i in range(xf.shape[0]):
-            of[i] = fx_expf_shifted(xf[i], negm) if name == "expf" else fx_log1pf_unit(xf[i])
+            if name == "expf":
+                of[i] = fx_expf_shifted(xf[i], negm)
+            else:
+                of[i] = fx_log1pf_recip(xf[i], &inv)
+                if name == "recipf":
+                    of[i] = inv
         return out
     a = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty_like(a)

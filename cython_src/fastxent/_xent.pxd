@@ -23,7 +23,7 @@ cdef extern from "xent_kernels.h" nogil:
     double fx_log1p_unit(double y)
     double fx_log_pos(double x)
     float fx_expf_shifted(float x, float negm)
-    float fx_log1pf_unit(float y)
+    float fx_log1pf_recip(float y, float *inv)
 
     int fx_set_isa(int level)
     int fx_get_isa()

@@ -8,7 +8,8 @@
  *
  * Accuracy (tests/test_kernel_paths.py, against NumPy's float64 functions): fx_exp_nonpos,
  * fx_log1p_unit and fx_log_pos within 2 ulp of double; fx_expf_shifted within 1 ulp and
- * fx_log1pf_unit within 2 ulp of float.
+ * fx_log1pf_recip within 4 ulp (its 1 / (1 + y) within 3 ulp)
+ * of float.
  */
 #ifndef FASTXENT_XENT_MATH_H
 #define FASTXENT_XENT_MATH_H
@@ -166,13 +167,21 @@ FX_INLINE float fx_expf_shifted(float x, float negm)
 /* exp(d) for float d <= 0, -inf (-> 0) and NaN. */
 FX_INLINE float fx_expf_nonpos(float d) { return fx_expf_core(d, 0.0f); }
 
-/* log1p(y) for float y in [0, 1] (NaN passes), as fx_log1p_unit with a series cut for float:
- * |s| <= 0.1716, terms to s^9 (truncation < 3e-9 relative). */
-FX_INLINE float fx_log1pf_unit(float y)
+/* log1p(y) for float y in [0, 1] (NaN passes), and *inv = 1 / (1 + y), with one division
+ * for both: log1p(y) = 2 atanh(s) with s = y / (2 + y) for y <= sqrt2 - 1 and
+ * ln2 + 2 atanh((y - 1) / (y + 3)) above (|s| <= 0.1716, series to s^9, truncation < 3e-9);
+ * q = 1 / ((1 + y) den) gives both s = num (1 + y) q and 1 / (1 + y) = den q (the extra
+ * roundings cost accuracy: within 4 ulp and 3 ulp of float, tests/test_kernel_paths.py). */
+FX_INLINE float fx_log1pf_recip(float y, float *inv)
 {
     const float ln2 = 0.693147180559945f;
     int hi = y > 0.41421356f;
-    float s = hi ? (y - 1.0f) / (y + 3.0f) : y / (2.0f + y);
+    float den = hi ? (y + 3.0f) : (2.0f + y);
+    float num = hi ? (y - 1.0f) : y;
+    float u = 1.0f + y;
+    float q = 1.0f / (u * den);
+    *inv = den * q;
+    float s = num * (u * q);
     float k = hi ? ln2 : 0.0f;
     float s2 = s * s;
     float p = 1.0f / 9.0f;
