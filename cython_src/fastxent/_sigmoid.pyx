@@ -91,18 +91,14 @@ cdef void _sigmoid_split(const floating *xp, const floating *zp, floating *gp, f
     cdef double[::1] part = np.empty(N * nch)
     cdef double *pp = &part[0]
     cdef Py_ssize_t item
-    cdef int64_t r, c, k0, ln
+    cdef int64_t r, c
     cdef double total
     with nogil:
         for item in prange(N * nch, schedule="static", num_threads=n_threads):
-            r = item // nch
-            c = item % nch
-            k0 = c * FX_SPLIT_CHUNK
-            ln = K - k0 if K - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
             if floating is float:
-                pp[item] = fx_sigmoid_chunk_f32(xp, zp, gp, hp, K, r, k0, ln, from_logits, P, sp)
+                pp[item] = fx_sigmoid_chunk_f32(xp, zp, gp, hp, K, item, nch, from_logits, P, sp)
             else:
-                pp[item] = fx_sigmoid_chunk_f64(xp, zp, gp, hp, K, r, k0, ln, from_logits, P, sp)
+                pp[item] = fx_sigmoid_chunk_f64(xp, zp, gp, hp, K, item, nch, from_logits, P, sp)
         for r in range(N):
             total = 0.0
             for c in range(nch):

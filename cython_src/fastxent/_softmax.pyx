@@ -189,17 +189,13 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
     cdef double *rt = &row_t[0]
     cdef int8_t *stp = &status[0]
     cdef Py_ssize_t item
-    cdef int64_t r, c, k0, ln, bad = 0
+    cdef int64_t r, bad = 0
     with nogil:
         for item in prange(N * nch, schedule="static", num_threads=n_threads):
-            r = item // nch
-            c = item % nch
-            k0 = c * FX_SPLIT_CHUNK
-            ln = C - k0 if C - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
             if floating is float:
-                fx_softmax_split_stats_f32(xp, gp, tp, lp, C, r, k0, ln, P, st + 4 * item)
+                fx_softmax_split_stats_f32(xp, gp, tp, lp, C, item, nch, P, st + 4 * item)
             else:
-                fx_softmax_split_stats_f64(xp, gp, tp, lp, C, r, k0, ln, P, st + 4 * item)
+                fx_softmax_split_stats_f64(xp, gp, tp, lp, C, item, nch, P, st + 4 * item)
         for r in range(N):
             if floating is float:
                 bad += fx_softmax_split_combine_f32(lp, C, nch, r, P, sp, st + 4 * r * nch,
@@ -209,14 +205,10 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
                                                     lossp, lsep, rt, stp)
         if gp != NULL:
             for item in prange(N * nch, schedule="static", num_threads=n_threads):
-                r = item // nch
-                c = item % nch
-                k0 = c * FX_SPLIT_CHUNK
-                ln = C - k0 if C - k0 < FX_SPLIT_CHUNK else FX_SPLIT_CHUNK
                 if floating is float:
-                    fx_softmax_split_grad_f32(gp, tp, lp, C, r, k0, ln, P, sp, st + 4 * item,
+                    fx_softmax_split_grad_f32(gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)
                 else:
-                    fx_softmax_split_grad_f64(gp, tp, lp, C, r, k0, ln, P, sp, st + 4 * item,
+                    fx_softmax_split_grad_f64(gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)
     return bad

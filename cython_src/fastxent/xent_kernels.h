@@ -39,6 +39,15 @@ typedef struct {
     int has_ignore;
 } fx_params;
 
+/* Item `item` of a split (rows, n) buffer with nch chunks per row: row, first element, length. */
+FX_INLINE void fx_split_item(int64_t n, int64_t item, int64_t nch, int64_t *r, int64_t *k0,
+                             int64_t *len)
+{
+    *r = item / nch;
+    *k0 = (item % nch) * FX_SPLIT_CHUNK;
+    *len = (n - *k0 < FX_SPLIT_CHUNK) ? n - *k0 : FX_SPLIT_CHUNK;
+}
+
 FX_INLINE double fx_lanes_total(const double *a)
 {
     /* fixed pairwise order */
@@ -147,16 +156,16 @@ static void fx_sigmoid_logits_rows_##S(const T *x, const T *z, T *g, T *h, int64
 static void fx_sigmoid_probs_rows_##S(const T *x, const T *z, T *g, int64_t n,                \
         int64_t r0, int64_t r1, const fx_params *P, const double *gscale, double *loss)        \
 { FX_DISPATCH(fx_sigmoid_probs_rows_##S, (x, z, g, n, r0, r1, P, gscale, loss)) }         \
-static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n, int64_t r,     \
-        int64_t k0, int64_t len, int from_logits, const fx_params *P, const double *gscale)     \
-{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, r, k0, len, from_logits, P, gscale)) }    \
+static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n,              \
+        int64_t item, int64_t nch, int from_logits, const fx_params *P, const double *gscale)   \
+{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, item, nch, from_logits, P, gscale)) }    \
 static void fx_softmax_split_stats_##S(const T *x, T *g, const T *t, const int64_t *labels,     \
-        int64_t n, int64_t r, int64_t k0, int64_t len, const fx_params *P, double *st)         \
-{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, g, t, labels, n, r, k0, len, P, st)) }          \
+        int64_t n, int64_t item, int64_t nch, const fx_params *P, double *st)                  \
+{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, g, t, labels, n, item, nch, P, st)) }           \
 static void fx_softmax_split_grad_##S(T *g, const T *t, const int64_t *labels, int64_t n,       \
-        int64_t r, int64_t k0, int64_t len, const fx_params *P, const double *gscale,          \
+        int64_t item, int64_t nch, const fx_params *P, const double *gscale,                   \
         const double *st, const double *rowT, const int8_t *status)                            \
-{ FX_DISPATCH(fx_softmax_split_grad_##S, (g, t, labels, n, r, k0, len, P, gscale, st, rowT,   \
+{ FX_DISPATCH(fx_softmax_split_grad_##S, (g, t, labels, n, item, nch, P, gscale, st, rowT,    \
                                           status)) }                                           \
 static int64_t fx_softmax_split_combine_##S(const int64_t *labels, int64_t n, int64_t nch,      \
         int64_t r, const fx_params *P, const double *gscale, double *st, double *loss,         \
