@@ -369,7 +369,7 @@ def test_data_errors(iris):
 
 
 def test_loss_grad_is_the_objective_used_by_fit(iris):
-    """fastxent.dask replaces _loss_grad; fit must go through it."""
+    """fit minimizes _loss_grad through _run_lbfgs (to which fastxent.dask passes its own)."""
     X, y = iris
     calls = []
 

@@ -297,19 +297,20 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         includes the class weights and is normalized to sum to one.  The value is
         ``sum_i sample_weight_i * loss_i + alpha / 2 * ||coef||^2``.
 
-        ``fastxent.dask`` may replace this method (e.g. on an instance or a subclass) to
-        evaluate the data term over chunks of a dask array; :meth:`_run_lbfgs` calls it.
+        ``fastxent.dask`` passes :meth:`_run_lbfgs` its own objective, which sums the data
+        term over the chunks of a dask array.
         """
         n_features = X.shape[1]
         loss, grad = self._data_loss_grad(params, X, y, sample_weight)
         pen, pgrad = self._penalty_grad(params, n_features)
         return loss + pen, grad + pgrad
 
-    def _run_lbfgs(self, X, y, sample_weight, n_features, n_out):
-        """Minimize :meth:`_loss_grad` from zeros and set coef_, intercept_, n_iter_."""
+    def _run_lbfgs(self, X, y, sample_weight, n_features, n_out, loss_grad=None):
+        """Minimize ``loss_grad(params, X, y, sample_weight)`` (default :meth:`_loss_grad`)
+        from zeros and set coef_, intercept_, n_iter_."""
         x0 = np.zeros(n_out * (n_features + int(self.fit_intercept)))
         res = scipy.optimize.minimize(
-            self._loss_grad,
+            self._loss_grad if loss_grad is None else loss_grad,
             x0,
             args=(X, y, sample_weight),
             method="L-BFGS-B",
@@ -344,7 +345,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data; float32 is kept as float32, other types become float64.  A dask
-            array is fitted by ``fastxent.dask``.
+            array (chunked along the rows) is fitted data-parallel by ``fastxent.dask``:
+            each L-BFGS step evaluates the objective block by block where the blocks are,
+            and ``y`` and ``sample_weight`` may then be dask arrays too.
         y : array-like of shape (n_samples,)
             Class labels of any type (at least two distinct values).
         sample_weight : array-like of shape (n_samples,), optional

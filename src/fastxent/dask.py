@@ -1,0 +1,873 @@
+"""Cross-entropy on Dask arrays, block by block on the workers (``pip install 'fastxent[dask]'``).
+
+The arrays stay where they are: every block of ``y_pred`` (whole rows: the class axis in one
+chunk) runs fastxent's compiled kernel on the worker that holds it, and only per-block scalars
+travel to be combined.
+
+* :func:`categorical_crossentropy`, :func:`sparse_categorical_crossentropy` and
+  :func:`binary_crossentropy` return the per-sample losses as a Dask array, like their NumPy
+  namesakes in :mod:`fastxent`.
+* :class:`CategoricalCrossentropy`, :class:`SparseCategoricalCrossentropy` and
+  :class:`BinaryCrossentropy` take the options of the NumPy classes (they are subclasses);
+  calling one and its ``loss_and_grad`` / ``gradient`` take and return Dask arrays.
+
+Reductions are exact, not means of means: each block contributes the sum of its weighted
+losses (the numerator) and its share of the denominator (its number of non-ignored samples, or
+the sum of its sample weights times class weights); the two are summed over blocks and divided
+once.  The gradient of a reduced loss needs the global denominator, so ``loss_and_grad``
+computes it first, when it is called: a constant when there are no weights and no ignored
+label, otherwise one pass over the labels and weights only (never over ``y_pred``).  It is
+folded into the per-block sample weights, so that each block runs the kernel once, with
+``reduction="sum"``, and writes its finished gradient block.  (Left lazy, the denominator
+would be a barrier before every kernel task, and dask would then run the kernels ahead of
+whatever consumes their gradient blocks, holding many of them in a worker's memory.)
+
+``SoftmaxRegression.fit`` (:mod:`fastxent.sklearn`) with a Dask ``X`` is fitted here,
+data-parallel, by :func:`_fit_softmax_regression`.
+
+Workers run the kernels with the OpenMP thread count of their process; the ``distributed``
+nanny sets ``OMP_NUM_THREADS=1`` by default, which is right when every worker thread runs
+blocks in parallel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.core import PerformanceWarning
+from dask.utils import parse_bytes
+
+import fastxent.losses as _np_losses
+from fastxent._validation import (
+    as_float_array,
+    as_labels,
+    as_target_array,
+    broadcast_sample_weight,
+    normalize_axis,
+)
+
+__all__ = [
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "BinaryCrossentropy",
+]
+
+
+# ----------------------------------------------------------------------- loss classes
+
+
+class _DaskLoss:
+    """Dask behaviour of the loss classes, mixed in before the NumPy class."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None) -> da.Array:
+        """The reduced loss: a 0-d float64 dask array (for ``reduction="none"`` the
+        weighted per-sample losses, a dask array of y_pred's dtype)."""
+        return _loss(_prepare(self, y_true, y_pred, sample_weight))
+
+    def loss_and_grad(self, y_true, y_pred, sample_weight=None) -> tuple[da.Array, da.Array]:
+        """The loss (as ``__call__``) and d(loss)/d(y_pred), a dask array with y_pred's
+        shape, dtype and chunks (after any class-axis rechunk).  Computing both together
+        (``dask.compute(loss, grad)``) runs each block's kernel once.  For a reduced loss
+        with weights or ``ignore_class``, the denominator is computed by this call."""
+        return _loss_and_grad(_prepare(self, y_true, y_pred, sample_weight))
+
+    def gradient(self, y_true, y_pred, sample_weight=None) -> da.Array:
+        """d(loss)/d(y_pred): the second result of :meth:`loss_and_grad`."""
+        return self.loss_and_grad(y_true, y_pred, sample_weight)[1]
+
+    def gradient_hessian(self, y_true, y_pred, sample_weight=None):
+        raise NotImplementedError(
+            "gradient_hessian is not available on dask arrays; use the NumPy class "
+            f"fastxent.{type(self).__name__} on each block"
+        )
+
+
+_SHARED_DOC = """
+    Calling the object, :meth:`loss_and_grad` and :meth:`gradient` take Dask arrays (or
+    array-likes, converted) and return lazy Dask arrays; the options, reductions and results
+    are those of the NumPy class.
+
+    * ``y_pred``: float32 or float64, chunked along the non-class axes.  A class axis split
+      across chunks is rechunked to one chunk with a ``PerformanceWarning``.
+    * ``y_true`` and ``sample_weight`` (NumPy or Dask; lower-rank weights align with the
+      leading dimensions) are rechunked to match ``y_pred``.
+    * ``reduction="none"``: the weighted per-sample losses, chunked like ``y_pred`` without
+      its class axis.  Otherwise a 0-d float64 array: the weighted losses summed over all
+      blocks, divided once by the denominator summed over all blocks (0.0 when it is 0).
+    * Errors in the options, dtypes and shapes are raised when the graph is built; a bad
+      label is found when its block is computed, and the ``ValueError`` gives its position
+      in the whole array.
+"""
+
+
+class CategoricalCrossentropy(_DaskLoss, _np_losses.CategoricalCrossentropy):
+    __doc__ = """Categorical cross-entropy of Dask arrays
+    (:class:`fastxent.CategoricalCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1000, 5))
+    >>> t = rng.dirichlet(np.ones(5), 1000)
+    >>> loss_fn = fxd.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    >>> lazy_loss, lazy_grad = loss_fn.loss_and_grad(t, da.from_array(x, chunks=(250, 5)))
+    >>> loss, grad = dask.compute(lazy_loss, lazy_grad)   # each block's kernel runs once
+    >>> want_loss, want_grad = fx.CategoricalCrossentropy(
+    ...     from_logits=True, label_smoothing=0.1).loss_and_grad(t, x)
+    >>> bool(np.isclose(loss, want_loss, rtol=1e-12)), bool(np.allclose(grad, want_grad))
+    (True, True)
+    """
+
+
+class SparseCategoricalCrossentropy(_DaskLoss, _np_losses.SparseCategoricalCrossentropy):
+    __doc__ = """Cross-entropy of Dask arrays with integer labels
+    (:class:`fastxent.SparseCategoricalCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1000, 5))
+    >>> y = rng.integers(-1, 5, 1000)            # -1: padding
+    >>> w = rng.uniform(0, 2, 1000)
+    >>> opts = dict(from_logits=True, ignore_class=-1, reduction="mean_with_sample_weight")
+    >>> lazy_loss = fxd.SparseCategoricalCrossentropy(**opts)(
+    ...     da.from_array(y, chunks=100), da.from_array(x, chunks=(100, 5)), w)
+    >>> bool(np.isclose(lazy_loss.compute(), fx.SparseCategoricalCrossentropy(**opts)(y, x, w),
+    ...                 rtol=1e-12))
+    True
+    """
+
+
+class BinaryCrossentropy(_DaskLoss, _np_losses.BinaryCrossentropy):
+    __doc__ = """Binary cross-entropy of Dask arrays (:class:`fastxent.BinaryCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> x = da.zeros((4, 2), chunks=(2, 2))
+    >>> fxd.BinaryCrossentropy(from_logits=True, reduction="sum").gradient(
+    ...     np.ones((4, 2)), x).compute()
+    array([[-0.25, -0.25],
+           [-0.25, -0.25],
+           [-0.25, -0.25],
+           [-0.25, -0.25]])
+    """
+
+
+# ----------------------------------------------------------------- per-sample functions
+
+
+def categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    *,
+    class_weight=None,
+    epsilon: float = 1e-7,
+    z_loss: float = 0.0,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample categorical cross-entropy of Dask arrays
+    (:func:`fastxent.categorical_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array, shape of ``y_pred``
+        Target distributions; rechunked to ``y_pred``'s chunks.
+    y_pred : dask array of float32 or float64, shape (..., C, ...)
+        Logits or probabilities, chunked along the non-class axes.  A class axis split
+        across chunks is rechunked to one chunk with a ``PerformanceWarning``.
+    from_logits, label_smoothing, axis, class_weight, epsilon, z_loss, n_threads
+        As in :func:`fastxent.categorical_crossentropy`; ``n_threads`` applies on each worker.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_pred without ``axis``
+        Chunked like ``y_pred`` without its class axis; lazy until computed.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> logits = da.from_array(np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]]), chunks=(1, 3))
+    >>> y_true = np.eye(3)[[1, 2]]
+    >>> fxd.categorical_crossentropy(y_true, logits, from_logits=True).compute().round(6)
+    array([0.464369, 0.094923])
+    """
+    obj = CategoricalCrossentropy(
+        from_logits, label_smoothing, axis, "none", class_weight, n_threads,
+        epsilon=epsilon, z_loss=z_loss,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def sparse_categorical_crossentropy(
+    y_true,
+    y_pred,
+    from_logits: bool = False,
+    ignore_class: int | None = None,
+    axis: int = -1,
+    *,
+    label_smoothing: float = 0.0,
+    class_weight=None,
+    epsilon: float = 1e-7,
+    z_loss: float = 0.0,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample cross-entropy of Dask arrays with integer labels
+    (:func:`fastxent.sparse_categorical_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array of integers, shape of y_pred without ``axis``
+        Class labels; rechunked to match ``y_pred``.  An out-of-range label raises
+        ``ValueError`` when the block holding it is computed, naming its global position.
+    y_pred : dask array of float32 or float64
+        Chunked along the non-class axes.
+    from_logits, ignore_class, axis, label_smoothing, class_weight, epsilon, z_loss, n_threads
+        As in :func:`fastxent.sparse_categorical_crossentropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_true (0 at ignored positions)
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> logits = da.from_array(np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]]), chunks=(1, 3))
+    >>> fxd.sparse_categorical_crossentropy([1, 2], logits, from_logits=True).compute().round(6)
+    array([0.464369, 0.094923])
+    """
+    obj = SparseCategoricalCrossentropy(
+        from_logits, ignore_class, label_smoothing, axis, "none", class_weight, n_threads,
+        epsilon=epsilon, z_loss=z_loss,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def binary_crossentropy(
+    y_true,
+    y_pred,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    *,
+    pos_weight=None,
+    epsilon: float = 1e-7,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample binary cross-entropy of Dask arrays, the mean over ``axis``
+    (:func:`fastxent.binary_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array, shape of y_pred
+        Targets in [0, 1].
+    y_pred : dask array of float32 or float64
+        Chunked along the axes other than ``axis``.
+    from_logits, label_smoothing, axis, pos_weight, epsilon, n_threads
+        As in :func:`fastxent.binary_crossentropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_pred without ``axis``
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[-1.0, 2.0], [0.5, 0.5]]), chunks=(1, 2))
+    >>> fxd.binary_crossentropy([[0, 1], [1, 1]], x, from_logits=True).compute().round(6)
+    array([0.220095, 0.474077])
+    """
+    obj = BinaryCrossentropy(
+        from_logits, label_smoothing, axis, "none", pos_weight, n_threads, epsilon=epsilon,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+# -------------------------------------------------------------------- the two graphs
+
+
+def _loss(job: _Job) -> da.Array:
+    """The loss of a prepared job: per-sample blocks, or block sums divided once."""
+    if job.reduction == "none":
+        return job.map_kernel(_block_per_sample, drop_axis=job.axis, meta_dtype=job.dtype)
+    numerators = job.map_kernel(
+        _block_weighted_sum, chunks=job.one_per_block, meta_dtype=np.float64,
+        obj=_with_reduction(job.obj, "sum"),
+    )
+    total = numerators.sum()
+    if job.reduction == "sum":
+        return total
+    return da.map_blocks(_divide_no_nan, total, job.denominator(), dtype=np.float64)
+
+
+def _loss_and_grad(job: _Job) -> tuple[da.Array, da.Array]:
+    """(loss, grad) of a prepared job, each block's kernel run once for both."""
+    if job.reduction == "none":
+        pairs = job.map_kernel(_block_loss_and_grad, meta_dtype=object)
+        losses = pairs.map_blocks(
+            _pick_per_sample, axis=job.axis, chunks=job.with_class_chunk(1), dtype=job.dtype,
+        )
+        return losses.squeeze(axis=job.axis), _pick_grad(pairs, job)
+    denominator = () if job.reduction == "sum" else (float(job.denominator()),)  # computes
+    pairs = job.map_kernel(
+        _block_loss_and_grad, *denominator, meta_dtype=object, obj=_with_reduction(job.obj, "sum"),
+    )
+    total = pairs.map_blocks(
+        _pick_weighted_sum, chunks=job.one_per_block, dtype=np.float64,
+    ).sum()
+    if denominator == (0.0,):
+        # divide_no_nan: a zero denominator gives 0.0 (even if a block's sum is inf or NaN)
+        total = da.zeros((), dtype=np.float64)
+    return total, _pick_grad(pairs, job)
+
+
+# ------------------------------------------------------------ preparing the arrays
+
+
+@dataclass
+class _Job:
+    """Inputs aligned block for block with ``y_pred`` (whose class axis is one chunk).
+
+    ``y_true`` and ``sample_weight`` have y_pred's number of dimensions: sparse labels and
+    sample weights carry a size-1 class axis, so that every array maps block to block.
+    """
+
+    obj: Any  # the NumPy loss object that runs on each block
+    kind: str  # "categorical", "sparse" or "binary"
+    reduction: str
+    axis: int  # non-negative class axis
+    y_pred: da.Array
+    y_true: da.Array
+    sample_weight: Any  # None, a Python float, or a dask array with a size-1 class axis
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.y_pred.dtype
+
+    @property
+    def one_per_block(self) -> tuple:
+        return tuple((1,) * len(c) for c in self.y_pred.chunks)
+
+    def with_class_chunk(self, size: int) -> tuple:
+        chunks = list(self.y_pred.chunks)
+        chunks[self.axis] = (size,)
+        return tuple(chunks)
+
+    def _weight_args(self) -> tuple:
+        return (self.sample_weight,) if isinstance(self.sample_weight, da.Array) else ()
+
+    def map_kernel(self, func, *extra, meta_dtype, obj=None, **kwargs) -> da.Array:
+        """``func(y_pred_b, y_true_b[, sw_b], *extra, obj=..., ...)`` on every block."""
+        ndim = self.y_pred.ndim - (1 if "drop_axis" in kwargs else 0)
+        return da.map_blocks(
+            func, self.y_pred, self.y_true, *self._weight_args(), *extra,
+            obj=self.obj if obj is None else obj, axis=self.axis, sparse=self.kind == "sparse",
+            weight=None if isinstance(self.sample_weight, da.Array) else self.sample_weight,
+            n_weight_arrays=len(self._weight_args()),
+            meta=np.empty((0,) * ndim, dtype=meta_dtype), **kwargs,
+        )
+
+    def denominator(self) -> float | da.Array:
+        """The reduction's denominator over all blocks: a float when it is a constant."""
+        obj = self.obj
+        ignore = getattr(obj, "ignore_class", None) if self.kind == "sparse" else None
+        weighted = self.reduction == "mean_with_sample_weight" and (
+            self.sample_weight is not None or getattr(obj, "class_weight", None) is not None
+        )
+        if ignore is None and not weighted:
+            return float(math.prod(s for i, s in enumerate(self.y_pred.shape) if i != self.axis))
+        parts = da.map_blocks(
+            _block_denominator, self.y_true, *self._weight_args(),
+            kind=self.kind, reduction=self.reduction, ignore_class=ignore,
+            class_weight=getattr(obj, "class_weight", None), axis=self.axis,
+            target_dtype=self.dtype,
+            weight=None if isinstance(self.sample_weight, da.Array) else self.sample_weight,
+            chunks=self.one_per_block, meta=np.empty((0,) * self.y_pred.ndim),
+        )
+        return parts.sum()
+
+
+_NUMPY_CLASSES = {
+    "categorical": _np_losses.CategoricalCrossentropy,
+    "sparse": _np_losses.SparseCategoricalCrossentropy,
+    "binary": _np_losses.BinaryCrossentropy,
+}
+
+
+def _with_reduction(obj, reduction: str):
+    """A NumPy loss object with ``obj``'s options and ``reduction``."""
+    return type(obj).from_config({**obj.get_config(), "reduction": reduction})
+
+
+def _as_dask(a, name: str) -> da.Array:
+    if isinstance(a, da.Array):
+        return a
+    if dask.is_dask_collection(a):
+        raise TypeError(f"{name} must be a dask array or array-like, got {type(a).__name__}")
+    return da.asarray(np.asarray(a))
+
+
+def _check_known_chunks(a: da.Array, name: str) -> None:
+    if any(math.isnan(c) for cs in a.chunks for c in cs):
+        raise ValueError(
+            f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first"
+        )
+
+
+def _class_axis_in_one_chunk(y_pred: da.Array, axis: int) -> da.Array:
+    n_chunks = len(y_pred.chunks[axis])
+    if n_chunks == 1:
+        return y_pred
+    warnings.warn(
+        f"y_pred's class axis (axis={axis}, {y_pred.shape[axis]} classes) is split across "
+        f"{n_chunks} chunks; rechunking it to one chunk, since every block must hold whole "
+        "rows.  Chunk y_pred along the other axes only to avoid this copy.",
+        PerformanceWarning,
+        stacklevel=4,
+    )
+    # Keep the other axes' chunks when the merged blocks stay within the larger of the
+    # current largest block and dask's array.chunk-size; otherwise shrink them to that.
+    itemsize = y_pred.dtype.itemsize
+    largest = itemsize * math.prod(max(c) for c in y_pred.chunks)
+    merged = largest // max(y_pred.chunks[axis]) * y_pred.shape[axis]
+    limit = max(largest, parse_bytes(dask.config.get("array.chunk-size")))
+    if merged <= limit:
+        return y_pred.rechunk({axis: -1})
+    spec = {i: (-1 if i == axis else "auto") for i in range(y_pred.ndim)}
+    return y_pred.rechunk(spec, block_size_limit=max(limit, y_pred.shape[axis] * itemsize))
+
+
+def _align(a: da.Array, chunks: tuple) -> da.Array:
+    return a if a.chunks == chunks else a.rechunk(chunks)
+
+
+def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
+    kind = next(k for k, cls in _NUMPY_CLASSES.items() if isinstance(loss_obj, cls))
+    loss_obj = _NUMPY_CLASSES[kind].from_config(loss_obj.get_config())  # what blocks run
+    y_pred = _as_dask(y_pred, "y_pred")
+    as_float_array(np.empty(0, y_pred.dtype), "y_pred")
+    axis = normalize_axis(loss_obj.axis, y_pred.ndim)
+    _check_known_chunks(y_pred, "y_pred")
+    y_pred = _class_axis_in_one_chunk(y_pred, axis)
+    batch_shape = y_pred.shape[:axis] + y_pred.shape[axis + 1:]
+    single_class_chunks = tuple(
+        (1,) if i == axis else c for i, c in enumerate(y_pred.chunks)
+    )
+
+    y_true = _as_dask(y_true, "y_true")
+    _check_known_chunks(y_true, "y_true")
+    if kind == "sparse":
+        if y_true.ndim == y_pred.ndim and y_true.shape[axis] == 1:
+            y_true = y_true.squeeze(axis=axis)  # Keras' (batch, 1) labels
+        if y_true.shape != batch_shape:
+            raise ValueError(
+                f"y_true has shape {y_true.shape} but y_pred with the class axis removed has "
+                f"shape {batch_shape}; sparse labels need one integer per sample"
+            )
+        y_true = _align(da.expand_dims(y_true, axis), single_class_chunks)
+    else:
+        if (kind == "binary" and y_true.shape != y_pred.shape
+                and y_true.size == y_pred.size
+                and (y_true.shape + (1,) == y_pred.shape
+                     or y_true.shape == y_pred.shape + (1,))):
+            y_true = y_true.reshape(y_pred.shape)  # Keras' squeeze_or_expand_to_same_rank
+        if y_true.shape != y_pred.shape:
+            what = "binary" if kind == "binary" else "categorical"
+            raise ValueError(
+                f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}; "
+                f"{what} targets need the shape of y_pred"
+            )
+        y_true = _align(y_true, y_pred.chunks)
+
+    weight = _align_sample_weight(sample_weight, batch_shape, axis, single_class_chunks)
+    _validate_options(loss_obj, kind, y_pred, y_true, weight)
+    return _Job(loss_obj, kind, loss_obj.reduction, axis, y_pred, y_true, weight)
+
+
+def _align_sample_weight(sample_weight, batch_shape: tuple, axis: int, chunks: tuple):
+    """``sample_weight`` as None, a Python float, or a dask array of batch_shape with a
+    size-1 class axis at ``axis``, chunked like y_pred (Keras' leading-dims alignment)."""
+    if sample_weight is None:
+        return None
+    if not isinstance(sample_weight, da.Array):
+        arr = np.asarray(sample_weight)
+        if arr.ndim == 0:
+            broadcast_sample_weight(arr, batch_shape)  # dtype check, same message as NumPy
+            return float(arr)
+        w = da.asarray(arr)
+    else:
+        _check_known_chunks(sample_weight, "sample_weight")
+        w = sample_weight
+    # Check dtype and broadcastability with the NumPy rule, on a zero-stride stand-in.
+    if w.dtype.kind not in "biuf":
+        broadcast_sample_weight(np.empty(0, w.dtype), (0,))
+    broadcast_sample_weight(np.broadcast_to(np.float64(0.0), w.shape), batch_shape)
+    w = w.astype(np.float64)
+    if w.ndim == len(batch_shape) + 1 and w.shape[-1] == 1:
+        w = w[..., 0]
+    if w.ndim < len(batch_shape):
+        w = w.reshape(w.shape + (1,) * (len(batch_shape) - w.ndim))
+    w = da.expand_dims(w, axis)
+    own = tuple((1,) if w.shape[i] == 1 and chunks[i] != (1,) else c
+                for i, c in enumerate(chunks))
+    w = _align(w, own)
+    full = tuple(sum(c) for c in chunks)
+    return w if w.shape == full else da.broadcast_to(w, full, chunks=chunks)
+
+
+def _validate_options(obj, kind, y_pred, y_true, weight) -> None:
+    """Run ``obj`` on zero-row stand-ins: dtype and option errors (class_weight length,
+    epsilon, z_loss, labels' dtype, ...) are raised now, with fastxent's own messages,
+    rather than on a worker at compute time."""
+    n_classes = y_pred.shape[normalize_axis(obj.axis, y_pred.ndim)]
+    probe = type(obj).from_config({**obj.get_config(), "axis": -1})
+    pred = np.empty((0, n_classes), y_pred.dtype)
+    true = np.empty((0,) if kind == "sparse" else (0, n_classes), y_true.dtype)
+    sw = weight if not isinstance(weight, da.Array) else np.empty(0)
+    probe.loss_and_grad(true, pred, sw)
+
+
+# ------------------------------------------------------------ functions run per block
+
+
+def _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays):
+    """Unpack a block's arguments: (y_true, sample_weight, extra arguments), with the size-1
+    class axis of sparse labels and sample weights removed."""
+    if n_weight_arrays:
+        weight, rest = np.squeeze(rest[0], axis=axis), rest[1:]
+    if sparse:
+        y_true_b = np.squeeze(y_true_b, axis=axis)
+    return y_true_b, weight, rest
+
+
+_POSITION = re.compile(r"at position \(([^()]*)\)")
+
+
+def _run_block(call, block_info, axis):
+    """Run ``call()``; a ValueError naming a position inside the block is re-raised with the
+    position in the whole array."""
+    try:
+        return call()
+    except ValueError as exc:
+        if not block_info:
+            raise
+        origin = [lo for i, (lo, _) in enumerate(block_info[0]["array-location"]) if i != axis]
+        msg = str(exc)
+        match = _POSITION.search(msg)
+        if match is None:
+            raise ValueError(f"{msg} (in the block of y_pred starting at {tuple(origin)})") from exc
+        local = [int(p) for p in re.findall(r"-?\d+", match.group(1))]
+        if len(local) != len(origin):
+            raise
+        pos = tuple(int(o + p) for o, p in zip(origin, local, strict=True))
+        raise ValueError(msg[:match.start()] + f"at position {pos}" + msg[match.end():]) from exc
+
+
+def _block_per_sample(y_pred_b, y_true_b, *rest, obj, axis, sparse, weight, n_weight_arrays,
+                      block_info=None):
+    y_true_b, sw, _ = _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays)
+    return _run_block(lambda: obj(y_true_b, y_pred_b, sw), block_info, axis)
+
+
+def _block_weighted_sum(y_pred_b, y_true_b, *rest, obj, axis, sparse, weight, n_weight_arrays,
+                        block_info=None):
+    y_true_b, sw, _ = _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays)
+    total = _run_block(lambda: obj(y_true_b, y_pred_b, sw), block_info, axis)
+    return np.full((1,) * y_pred_b.ndim, total)
+
+
+def _block_loss_and_grad(y_pred_b, y_true_b, *rest, obj, axis, sparse, weight, n_weight_arrays,
+                         block_info=None):
+    """(loss, grad) of one block.  With the reduction's denominator among the extra
+    arguments, the sample weights are divided by it, so that the kernel (run with
+    ``reduction="sum"``) writes the finished gradient in its one pass."""
+    y_true_b, sw, extra = _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays)
+    if extra:
+        denominator = float(extra[0])
+        scale = 1.0 / denominator if denominator != 0.0 else 0.0
+        sw = scale if sw is None else np.asarray(sw, dtype=np.float64) * scale
+    return _run_block(lambda: obj.loss_and_grad(y_true_b, y_pred_b, sw), block_info, axis)
+
+
+def _pick_per_sample(pair, axis):
+    return np.expand_dims(pair[0], axis)
+
+
+def _pick_weighted_sum(pair):
+    return np.full((1,) * pair[1].ndim, pair[0])
+
+
+def _second(pair):
+    return pair[1]
+
+
+def _pick_grad(pairs: da.Array, job: _Job) -> da.Array:
+    meta = np.empty((0,) * job.y_pred.ndim, dtype=job.dtype)
+    return pairs.map_blocks(_second, dtype=job.dtype, meta=meta)
+
+
+def _block_denominator(y_true_b, *rest, kind, reduction, ignore_class, class_weight, axis,
+                       target_dtype, weight, block_info=None):
+    """This block's share of the denominator of ``reduction`` (as ``_engine._plan``): the
+    number of non-ignored samples, or the sum over non-ignored samples of sample weight x
+    the sample's class weight (from the unsmoothed targets).  Reads labels and weights only."""
+    if rest:
+        weight = np.squeeze(rest[0], axis=axis)
+    batch_shape = y_true_b.shape[:axis] + y_true_b.shape[axis + 1:]
+    n_rows = math.prod(batch_shape)
+
+    def share() -> float:
+        labels = as_labels(y_true_b, batch_shape, axis, y_true_b.ndim) if kind == "sparse" else None
+        valid = None if ignore_class is None else labels != ignore_class
+        if reduction == "sum_over_batch_size":
+            return float(n_rows if valid is None else np.count_nonzero(valid))
+        w = broadcast_sample_weight(weight, batch_shape)
+        base = np.ones(n_rows) if w is None else np.ascontiguousarray(w).reshape(-1)
+        if valid is not None:
+            base = base * valid
+        if class_weight is not None and kind == "sparse":
+            base = base * np.take(class_weight, labels, mode="clip")
+        elif class_weight is not None:
+            t = as_target_array(y_true_b, "y_true", np.dtype(target_dtype))
+            base = base * (np.moveaxis(t, axis, -1).reshape(n_rows, -1).astype(np.float64)
+                           @ class_weight)
+        return float(np.sum(base))
+
+    return np.full((1,) * y_true_b.ndim, _run_block(share, block_info, axis))
+
+
+def _divide_no_nan(numerator, denominator):
+    d = float(denominator)
+    return np.float64(float(numerator) / d if d != 0.0 else 0.0)
+
+
+
+
+# ------------------------------------------------------------ data-parallel training
+
+
+def _active_client():
+    """The distributed Client that ``dask.compute`` would use, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - dask without distributed
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    return client if dask.base.get_scheduler() == client.get else None
+
+
+def _cluster_memory(client) -> float:
+    """Total memory limit of the client's workers in bytes (inf when unknown/unlimited)."""
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    return float(sum(limits)) if limits and all(limits) else math.inf
+
+
+def _block_training_data(X_b, y_b, sw_b=None, *, classes, class_weight, total):
+    """One row block ready for the objective: ``(X_b, class index of each row, sample
+    weight x class weight / total)``, after the in-memory fit's check of X's values."""
+    data = X_b.data if hasattr(X_b, "tocsr") else X_b
+    if not np.all(np.isfinite(data)):
+        raise ValueError("Input X contains NaN or infinity.")
+    y_enc = _encode_labels(y_b, classes)
+    w = np.ones(len(y_enc)) if sw_b is None else np.asarray(sw_b, dtype=np.float64)
+    if class_weight is not None:
+        w = w * class_weight[y_enc]
+    out = np.empty(1, dtype=object)
+    out[0] = (X_b, y_enc, w / total)
+    return out
+
+
+def _block_data_term(block, params, *, estimator):
+    """One row block's data term of the SoftmaxRegression objective, packed as
+    ``[[loss, d loss / d params...]]`` (float64, shape (1, 1 + params.size))."""
+    (X_b, y_b, sw_b), = block
+    value, grad = estimator._data_loss_grad(np.asarray(params), X_b, y_b, sw_b)
+    out = np.empty((1, 1 + grad.size))
+    out[0, 0] = value
+    out[0, 1:] = grad
+    return out
+
+
+def _fit_softmax_regression(estimator, X, y, sample_weight=None):
+    """``SoftmaxRegression.fit(X, y, sample_weight)`` for a dask array ``X``, data-parallel.
+
+    The same objective as the in-memory fit (see :mod:`fastxent.sklearn`): classes, class
+    weights and the normalizing total weight come from reductions over the blocks of ``y``
+    and ``sample_weight``; then every L-BFGS evaluation ships only the parameter vector to
+    the workers (scattered to all of them when a distributed Client is active), each block
+    computes its data term and gradient ``X_b.T @ G_b`` with the compiled kernel
+    (``SoftmaxRegression._data_loss_grad``), the per-block vectors are summed by a tree
+    reduction on the workers, and the client adds the L2 penalty.
+
+    Each row block's features, encoded labels and effective weights are prepared once, as
+    one object on the worker that computes ``X_b``; every evaluation's task for the block
+    depends on that object alone and runs where it lies.  The prepared blocks are persisted
+    when ``X`` takes at most half of the cluster's memory limit; otherwise each evaluation
+    recomputes them from their source, so a dataset larger than the cluster's memory is
+    fitted without being held.
+    """
+    from sklearn.base import clone
+    from sklearn.utils.multiclass import check_classification_targets
+
+    estimator._check_params()
+    if not isinstance(X, da.Array):
+        raise TypeError(
+            f"X must be a dask array, got {type(X).__name__}; for a dask DataFrame pass "
+            "X.to_dask_array(lengths=True)"
+        )
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    _check_known_chunks(X, "X")
+    if X.shape[0] < 1:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
+    if X.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        X = X.astype(np.float64)
+    if len(X.chunks[1]) > 1:
+        warnings.warn(
+            f"X's feature axis is split across {len(X.chunks[1])} chunks; rechunking it to one "
+            "chunk, since every block needs whole rows for its logits.",
+            PerformanceWarning,
+            stacklevel=3,
+        )
+        X = X.rechunk({1: -1})
+    n_samples, n_features = X.shape
+    row_chunks = X.chunks[0]
+
+    y = _as_dask(y, "y")
+    _check_known_chunks(y, "y")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != n_samples:
+        raise ValueError(
+            f"y must have shape ({n_samples},) to match X with shape {X.shape}, got {y.shape}"
+        )
+    y = _align(y, (row_chunks,))
+    sw = None
+    if sample_weight is not None:
+        sw = _as_dask(sample_weight, "sample_weight")
+        if sw.ndim == 0:
+            sw = da.broadcast_to(sw, (n_samples,), chunks=(row_chunks,))
+        _check_known_chunks(sw, "sample_weight")
+        if sw.shape != (n_samples,):
+            raise ValueError(
+                f"sample_weight.shape == {sw.shape}, expected ({n_samples},)!"
+            )
+        sw = _align(sw.astype(np.float64), (row_chunks,))
+
+    # Pass 1 over y (and the weights): the classes.
+    classes = np.asarray(da.unique(y).compute())
+    check_classification_targets(classes)
+    if len(classes) < 2:
+        raise ValueError(
+            "SoftmaxRegression needs samples of at least 2 classes in the data, but "
+            f"the data contains only one class: {classes[0]!r}"
+        )
+    estimator.classes_ = classes
+    y_enc = y.map_blocks(_encode_labels, classes, dtype=np.intp, meta=np.empty(0, np.intp))
+    # Pass 2: class counts, weighted and not (and a negative-weight check), give the class
+    # weights and the total weight without another pass.
+    k = len(classes)
+    counts = da.bincount(y_enc, minlength=k)
+    weighted, negative = counts, False
+    if sw is not None:
+        weighted = da.bincount(y_enc, weights=sw, minlength=k)
+        negative = (sw < 0).any()
+    counts, weighted, negative = dask.compute(counts, weighted, negative)
+    if negative:
+        raise ValueError("sample_weight must be non-negative")
+    weighted = np.asarray(weighted, dtype=np.float64)
+    present = weighted > 0
+    if np.count_nonzero(present) < 2:  # as the in-memory fit
+        raise ValueError(
+            "SoftmaxRegression needs samples of at least 2 classes with positive "
+            f"sample_weight, got positive weight only for class(es) "
+            f"{classes[present].tolist()}"
+        )
+    class_w = None
+    if estimator.class_weight is not None:
+        class_w = _class_weights(estimator.class_weight, classes, weighted, counts)
+    total = float(weighted @ class_w) if class_w is not None else float(np.sum(weighted))
+    if not total > 0.0:
+        raise ValueError("sample_weight (times class_weight) sums to zero: nothing to fit")
+    # One (X_b, encoded labels, effective weights) object per row block (see above).
+    blocks = da.blockwise(
+        _block_training_data, "i", X, "ij", y, "i", *((sw, "i") if sw is not None else ()),
+        classes=classes, class_weight=class_w, total=total, adjust_chunks={"i": 1},
+        concatenate=True, meta=np.empty(0, dtype=object),
+    )
+    client = _active_client()
+    if client is not None and X.nbytes <= 0.5 * _cluster_memory(client):
+        blocks = blocks.persist()
+
+    n_out = 1 if len(classes) == 2 else len(classes)
+    worker_copy = clone(estimator)  # parameters only: what each block's task carries
+
+    def loss_grad(params, blocks, *_):
+        """The objective: data term summed over blocks on the workers, plus the penalty."""
+        shared = client.scatter(params, broadcast=True, hash=False) if client else params
+        parts = da.blockwise(
+            _block_data_term, "ij", blocks, "i", shared, None, new_axes={"j": 1 + params.size},
+            estimator=worker_copy, dtype=np.float64, meta=np.empty((0, 0)),
+        )
+        packed = parts.sum(axis=0).compute()  # a tree reduction on the workers
+        pen, pgrad = estimator._penalty_grad(params, n_features)
+        return float(packed[0]) + pen, packed[1:] + pgrad
+
+    estimator._run_lbfgs(blocks, None, None, n_features, n_out, loss_grad=loss_grad)
+    estimator.n_features_in_ = n_features
+    if hasattr(estimator, "feature_names_in_"):
+        del estimator.feature_names_in_
+    return estimator
+
+
+def _encode_labels(y_b, classes):
+    """Index of each label in the sorted ``classes`` (np.unique's inverse)."""
+    return np.searchsorted(classes, y_b).astype(np.intp)
+
+
+def _class_weights(class_weight, classes, weighted_counts, counts):
+    """scikit-learn's class weights (as the in-memory fit computes them) from the class
+    counts, weighted by sample_weight and not, without y itself."""
+    import inspect
+
+    from sklearn.utils.class_weight import compute_class_weight
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if "sample_weight" in inspect.signature(compute_class_weight).parameters:
+            # The classes, each once, weighted by their counts: y's weighted bincount.
+            cw = compute_class_weight(class_weight, classes=classes, y=classes,
+                                      sample_weight=weighted_counts)
+        elif class_weight == "balanced":  # pragma: no cover - scikit-learn < 1.6
+            cw = np.sum(counts) / (len(classes) * np.asarray(counts, dtype=np.float64))
+        else:  # pragma: no cover - scikit-learn < 1.6
+            cw = compute_class_weight(class_weight, classes=classes, y=classes)
+    cw = np.array(cw, dtype=np.float64)
+    # "balanced" gives inf to a class whose samples all weigh zero: they stay zero
+    cw[(np.asarray(weighted_counts) <= 0) & ~np.isfinite(cw)] = 0.0
+    if np.any(cw < 0) or not np.all(np.isfinite(cw)):
+        raise ValueError(f"class_weight must be finite and non-negative, got {class_weight!r}")
+    return cw
+
+
