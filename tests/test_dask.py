@@ -406,6 +406,21 @@ def test_float32_reduced_loss_and_grad(client, rng):
     assert_close(grad, want_grad, np.float32)
 
 
+def test_workers_keep_no_gradient_blocks(client, rng):
+    """Workers turn fastxent's gradient block cache off (their memory is Dask's); the
+    client process keeps its own setting."""
+    before = fx.buffer_cache_info()["limit_bytes"]
+    x = rng.standard_normal((4096, 600)).astype(np.float32)  # 2.4 MB blocks of 1024 rows
+    y = rng.integers(0, 600, 4096)
+    loss_fn = fxd.SparseCategoricalCrossentropy(from_logits=True)
+    loss, grad = loss_fn.loss_and_grad(da.from_array(y, chunks=1024),
+                                       da.from_array(x, chunks=(1024, 600)))
+    dask.compute(loss, grad)
+    limits = client.run(lambda: fx.buffer_cache_info()["limit_bytes"])
+    assert limits and all(v == 0 for v in limits.values())
+    assert fx.buffer_cache_info()["limit_bytes"] == before
+
+
 def test_means_are_exact_not_means_of_block_means(client, rng):
     # Blocks of very different sizes and ignored fractions: averaging block means is wrong.
     x = logits(rng, (100, 4))

@@ -45,6 +45,7 @@ from dask.array.core import PerformanceWarning
 from dask.utils import parse_bytes
 
 import fastxent.losses as _np_losses
+from fastxent._cache import buffer_cache_info, set_buffer_cache
 from fastxent._validation import (
     as_float_array,
     as_labels,
@@ -558,9 +559,24 @@ def _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays):
 _POSITION = re.compile(r"at position \(([^()]*)\)")
 
 
+def _cache_off_on_workers() -> None:
+    """On a distributed worker, turn fastxent's cache of freed gradient blocks off: a worker's
+    memory is Dask's to manage (its memory limit counts the process's RSS), and blocks kept
+    for reuse would count against it.  The user's own process keeps its setting."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    if buffer_cache_info()["limit_bytes"]:
+        set_buffer_cache(0)
+
+
 def _run_block(call, block_info, axis):
     """Run ``call()``; a ValueError naming a position inside the block is re-raised with the
     position in the whole array."""
+    _cache_off_on_workers()
     try:
         return call()
     except ValueError as exc:
@@ -699,6 +715,7 @@ def _block_data_term(block, params, *, estimator):
     """One row block's data term of the SoftmaxRegression objective, packed as
     ``[[loss, d loss / d params...]]`` (float64, shape (1, 1 + params.size))."""
     (X_b, y_b, sw_b), = block
+    _cache_off_on_workers()
     value, grad = estimator._data_loss_grad(np.asarray(params), X_b, y_b, sw_b)
     out = np.empty((1, 1 + grad.size))
     out[0, 0] = value
