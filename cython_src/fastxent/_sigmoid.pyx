@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t
 from fastxent._xent cimport (
     FX_SPLIT_CHUNK, FX_SPLIT_MIN, fx_get_isa, fx_params, fx_set_isa, fx_sigmoid_chunk_f32,
     fx_sigmoid_chunk_f64, fx_sigmoid_logits_rows_f32, fx_sigmoid_logits_rows_f64,
-    fx_sigmoid_probs_rows_f32, fx_sigmoid_probs_rows_f64,
+    fx_sigmoid_probs_rows_f32, fx_sigmoid_probs_rows_f64, team_size,
 )
 
 import numpy as np
@@ -68,7 +68,8 @@ def sigmoid_xent(const floating[:, ::1] x, const floating[:, ::1] z, floating[:,
     cdef Py_ssize_t b
     cdef int64_t r0, r1
     with nogil:
-        for b in prange(nblocks, schedule="dynamic", num_threads=n_threads):
+        for b in prange(nblocks, schedule="dynamic",
+                        num_threads=team_size(n_threads, nblocks)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -94,7 +95,8 @@ cdef void _sigmoid_split(const floating *xp, const floating *zp, floating *gp, f
     cdef int64_t r, c
     cdef double total
     with nogil:
-        for item in prange(N * nch, schedule="dynamic", num_threads=n_threads):
+        for item in prange(N * nch, schedule="dynamic",
+                           num_threads=team_size(n_threads, N * nch)):
             if floating is float:
                 pp[item] = fx_sigmoid_chunk_f32(xp, zp, gp, hp, K, item, nch, from_logits, P, sp)
             else:

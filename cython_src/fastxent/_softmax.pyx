@@ -14,7 +14,7 @@ from fastxent._xent cimport (
     fx_softmax_probs_rows_f64, fx_softmax_split_combine_f32, fx_softmax_split_combine_f64,
     fx_softmax_split_grad_f32, fx_softmax_split_grad_f64, fx_softmax_split_stats_f32,
     fx_softmax_split_stats_f64, fx_exp_nonpos, fx_expf_shifted, fx_log1p_unit, fx_log1pf_recip,
-    fx_log_pos,
+    fx_log_pos, team_size,
 )
 
 import numpy as np
@@ -135,7 +135,8 @@ def softmax_xent_logits(const floating[:, ::1] x, floating[:, ::1] grad,
     cdef Py_ssize_t b
     cdef int64_t r0, r1, bad = 0
     with nogil:
-        for b in prange(nblocks, schedule="dynamic", num_threads=n_threads):
+        for b in prange(nblocks, schedule="dynamic",
+                        num_threads=team_size(n_threads, nblocks)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -166,7 +167,8 @@ def softmax_xent_probs(const floating[:, ::1] x, floating[:, ::1] grad,
     cdef Py_ssize_t b
     cdef int64_t r0, r1, bad = 0
     with nogil:
-        for b in prange(nblocks, schedule="dynamic", num_threads=n_threads):
+        for b in prange(nblocks, schedule="dynamic",
+                        num_threads=team_size(n_threads, nblocks)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -191,7 +193,8 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
     cdef Py_ssize_t item
     cdef int64_t r, bad = 0
     with nogil:
-        for item in prange(N * nch, schedule="dynamic", num_threads=n_threads):
+        for item in prange(N * nch, schedule="dynamic",
+                           num_threads=team_size(n_threads, N * nch)):
             if floating is float:
                 fx_softmax_split_stats_f32(xp, gp, tp, lp, C, item, nch, P, st + 4 * item)
             else:
@@ -204,7 +207,8 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
                 bad += fx_softmax_split_combine_f64(lp, C, nch, r, P, sp, st + 4 * r * nch,
                                                     lossp, lsep, rt, stp)
         if gp != NULL:
-            for item in prange(N * nch, schedule="dynamic", num_threads=n_threads):
+            for item in prange(N * nch, schedule="dynamic",
+                           num_threads=team_size(n_threads, N * nch)):
                 if floating is float:
                     fx_softmax_split_grad_f32(gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)

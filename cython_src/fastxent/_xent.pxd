@@ -87,3 +87,9 @@ cdef extern from "xent_kernels.h" nogil:
         const int64_t *labels, int64_t n, int64_t nch, int64_t r, const fx_params *P,
         const double *gscale, double *st, double *loss, double *lse, double *rowT,
         int8_t *status)
+
+
+cdef inline int team_size(int n_threads, Py_ssize_t n_items) noexcept nogil:
+    """Threads for a prange over n_items: never more than there are items (a team that has
+    nothing to do still costs its start-up)."""
+    return n_threads if n_threads < n_items else <int>(n_items if n_items > 0 else 1)
