@@ -32,8 +32,8 @@ FX_INLINE double fx_from_bits(int64_t i) { double x; memcpy(&x, &i, sizeof x); r
  * evaluate exp(x - max) and the sigmoid kernels exp(-|x|), so positive arguments (and
  * overflow) never occur; a positive argument is a caller bug.
  *
- * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-13 Taylor polynomial in r
- * (truncation error < 5e-18), and the scale 2^n applied as 2^(n+64) * 2^-64 so that
+ * Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-11 polynomial in r
+ * (approximation error 3.6e-18), and the scale 2^n applied as 2^(n+64) * 2^-64 so that
  * results in the subnormal range are rounded once, correctly, instead of flushed to zero.
  */
 FX_INLINE double fx_exp_nonpos(double x)
@@ -46,20 +46,20 @@ FX_INLINE double fx_exp_nonpos(double x)
     double t = x * log2e + magic;
     double n = t - magic;                                 /* round-to-nearest(x / ln2) */
     double r = (x - n * ln2hi) - n * ln2lo;
-    double p = 1.0 / 6227020800.0;                        /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    /* exp(r) = 1 + r + r^2 Q(r), Q of degree 9 fitted (Lawson-weighted least squares in
+     * 50-digit arithmetic) for least maximum relative error of exp on |r| <= 0.3467:
+     * 3.6e-18, far below double's 1.1e-16 */
+    double q = 2.500004141982112e-08;
+    q = q * r + 2.7630278882228503e-07;
+    q = q * r + 2.7557586592851227e-06;
+    q = q * r + 2.4801493020021454e-05;
+    q = q * r + 0.0001984126950616202;
+    q = q * r + 0.0013888888943698983;
+    q = q * r + 0.008333333333494732;
+    q = q * r + 0.041666666666529927;
+    q = q * r + 0.16666666666666413;
+    q = q * r + 0.5000000000000011;
+    double p = (q * (r * r) + r) + 1.0;
     /* low bits of t hold n as a two's-complement integer; n + 1087 is in [1, 1087] */
     double scale = fx_from_bits((fx_bits(t) + 1087) << 52);
     return (p * scale) * 0x1p-64;
