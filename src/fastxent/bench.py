@@ -380,12 +380,15 @@ def candidates_for(work: Workload, data: dict, mods: dict, threads: int) -> list
 
 
 def time_interleaved(cands: list[Candidate], repeat: int, budget_s: float,
-                     min_rounds: int = 3) -> tuple[int, dict]:
+                     min_rounds: int = 3, settle_s: float = 0.0) -> tuple[int, dict]:
     """Warm every candidate up once, then time rounds of one call each, rotating the order.
 
     Stops after ``repeat`` rounds, or earlier once ``budget_s`` has passed (but not before
-    ``min(repeat, min_rounds)`` rounds).  Returns the number of rounds and the warm-up
-    outputs passed through each candidate's ``check``.
+    ``min(repeat, min_rounds)`` rounds).  ``settle_s`` seconds of sleep (untimed) precede each
+    timed call: the thread pools of OpenMP, PyTorch and XLA keep spinning for a while after a
+    call returns, and on a machine with few cores they would take the cores away from
+    whichever candidate runs next.  Returns the number of rounds and the warm-up outputs
+    passed through each candidate's ``check``.
     """
     checks = {}
     for i, c in enumerate(cands):
@@ -402,6 +405,8 @@ def time_interleaved(cands: list[Candidate], repeat: int, budget_s: float,
         gc.disable()
         try:
             for c in order:
+                if settle_s:
+                    time.sleep(settle_s)
                 t0 = time.perf_counter()
                 out = c.fn()
                 c.times.append(time.perf_counter() - t0)
@@ -480,7 +485,7 @@ def run_workload(work: Workload, mods: dict, args, log) -> dict:
     """Time one workload; returns its rows (one per thread count) and the raw numbers."""
     data = make_data(work.kind, work.shape, work.dtype, seed=args.seed)
     cands = candidates_for(work, data, mods, args.threads)
-    rounds, checks = time_interleaved(cands, args.repeat, args.budget)
+    rounds, checks = time_interleaved(cands, args.repeat, args.budget, settle_s=args.settle)
     agreement = _agreement(checks, cands)
     nbytes = data["x"].nbytes
     roof = next(_stat(c.times, args.stat) for c in cands if c.system == "roofline")
@@ -588,7 +593,8 @@ def run_plot_sweep(mode: str, mods: dict, args, log) -> list[dict]:
         work = Workload(f"plot-{n_classes}", "sparse", (n_rows, n_classes), "float32")
         data = make_data("sparse", work.shape, "float32", seed=args.seed)
         cands = candidates_for(work, data, mods, args.threads)
-        time_interleaved(cands, max(1, min(args.repeat, 5)), args.budget / 3)
+        time_interleaved(cands, max(1, min(args.repeat, 5)), args.budget / 3,
+                         settle_s=args.settle)
         nbytes = data["x"].nbytes
         point = {"classes": n_classes, "rows": n_rows, "bytes": nbytes, "gbps": {}}
         for c in cands:
@@ -966,6 +972,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stat", choices=("min", "median"), default="min",
                         help="statistic over the rounds (default: min, the least disturbed "
                              "by other processes)")
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds of (untimed) sleep before each timed call, so that the "
+                             "spinning worker threads of the previous candidate's runtime "
+                             "(OpenMP, PyTorch, XLA) are idle again (default 0.2)")
     parser.add_argument("--out-dir", default="fastxent-bench",
                         help="directory for fastxent_bench.md / .json / _bandwidth.png "
                              "(default: ./fastxent-bench)")
@@ -1030,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     args.budget = _BUDGET_S[mode]
+    if args.settle < 0:
+        parser.error(f"--settle must be >= 0, got {args.settle}")
+    if mode == "tiny":
+        args.settle = min(args.settle, 0.001)
     groups = _selected(args.workloads, parser)
 
     def log(msg: str) -> None:
