@@ -182,7 +182,8 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
                             const int64_t *lp, int64_t N, int64_t C, const fx_params *P,
                             const double *sp, double *lossp, double *lsep, int n_threads):
     """Rows too long for one thread: per-chunk statistics in parallel, an ordered per-row
-    merge, then the per-chunk gradient in parallel (see xent_blocks_t.inc)."""
+    merge, then the per-chunk gradient in parallel, recomputed from x (see
+    xent_blocks_t.inc)."""
     cdef int64_t nch = (C + FX_SPLIT_CHUNK - 1) // FX_SPLIT_CHUNK
     cdef double[:, ::1] stats = np.empty((N * nch, 4))
     cdef double[::1] row_t = np.empty(N)
@@ -196,9 +197,9 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
         for item in prange(N * nch, schedule="dynamic",
                            num_threads=team_size(n_threads, N * nch)):
             if floating is float:
-                fx_softmax_split_stats_f32(xp, gp, tp, lp, C, item, nch, P, st + 4 * item)
+                fx_softmax_split_stats_f32(xp, tp, lp, C, item, nch, P, st + 4 * item)
             else:
-                fx_softmax_split_stats_f64(xp, gp, tp, lp, C, item, nch, P, st + 4 * item)
+                fx_softmax_split_stats_f64(xp, tp, lp, C, item, nch, P, st + 4 * item)
         for r in range(N):
             if floating is float:
                 bad += fx_softmax_split_combine_f32(lp, C, nch, r, P, sp, st + 4 * r * nch,
@@ -210,9 +211,9 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
             for item in prange(N * nch, schedule="dynamic",
                            num_threads=team_size(n_threads, N * nch)):
                 if floating is float:
-                    fx_softmax_split_grad_f32(gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
+                    fx_softmax_split_grad_f32(xp, gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)
                 else:
-                    fx_softmax_split_grad_f64(gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
+                    fx_softmax_split_grad_f64(xp, gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)
     return bad

@@ -63,12 +63,12 @@ cdef extern from "xent_kernels.h" nogil:
         const float *x, const float *z, float *g, float *h, int64_t n, int64_t item, int64_t nch,
         int from_logits, const fx_params *P, const double *gscale)
     void fx_softmax_split_stats_f32(
-        const float *x, float *g, const float *t, const int64_t *labels, int64_t n, int64_t item,
+        const float *x, const float *t, const int64_t *labels, int64_t n, int64_t item,
         int64_t nch, const fx_params *P, double *st)
     void fx_softmax_split_grad_f32(
-        float *g, const float *t, const int64_t *labels, int64_t n, int64_t item, int64_t nch,
-        const fx_params *P, const double *gscale, const double *st, const double *rowT,
-        const int8_t *status)
+        const float *x, float *g, const float *t, const int64_t *labels, int64_t n, int64_t item,
+        int64_t nch, const fx_params *P, const double *gscale, const double *st,
+        const double *rowT, const int8_t *status)
     int64_t fx_softmax_split_combine_f32(
         const int64_t *labels, int64_t n, int64_t nch, int64_t r, const fx_params *P,
         const double *gscale, double *st, double *loss, double *lse, double *rowT,
@@ -77,12 +77,12 @@ cdef extern from "xent_kernels.h" nogil:
         const double *x, const double *z, double *g, double *h, int64_t n, int64_t item, int64_t nch,
         int from_logits, const fx_params *P, const double *gscale)
     void fx_softmax_split_stats_f64(
-        const double *x, double *g, const double *t, const int64_t *labels, int64_t n, int64_t item,
+        const double *x, const double *t, const int64_t *labels, int64_t n, int64_t item,
         int64_t nch, const fx_params *P, double *st)
     void fx_softmax_split_grad_f64(
-        double *g, const double *t, const int64_t *labels, int64_t n, int64_t item, int64_t nch,
-        const fx_params *P, const double *gscale, const double *st, const double *rowT,
-        const int8_t *status)
+        const double *x, double *g, const double *t, const int64_t *labels, int64_t n, int64_t item,
+        int64_t nch, const fx_params *P, const double *gscale, const double *st,
+        const double *rowT, const int8_t *status)
     int64_t fx_softmax_split_combine_f64(
         const int64_t *labels, int64_t n, int64_t nch, int64_t r, const fx_params *P,
         const double *gscale, double *st, double *loss, double *lse, double *rowT,

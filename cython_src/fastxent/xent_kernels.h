@@ -159,13 +159,13 @@ static void fx_sigmoid_probs_rows_##S(const T *x, const T *z, T *g, int64_t n,  
 static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n,              \
         int64_t item, int64_t nch, int from_logits, const fx_params *P, const double *gscale)   \
 { FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, item, nch, from_logits, P, gscale)) }    \
-static void fx_softmax_split_stats_##S(const T *x, T *g, const T *t, const int64_t *labels,     \
+static void fx_softmax_split_stats_##S(const T *x, const T *t, const int64_t *labels,           \
         int64_t n, int64_t item, int64_t nch, const fx_params *P, double *st)                  \
-{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, g, t, labels, n, item, nch, P, st)) }           \
-static void fx_softmax_split_grad_##S(T *g, const T *t, const int64_t *labels, int64_t n,       \
-        int64_t item, int64_t nch, const fx_params *P, const double *gscale,                   \
+{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, t, labels, n, item, nch, P, st)) }              \
+static void fx_softmax_split_grad_##S(const T *x, T *g, const T *t, const int64_t *labels,      \
+        int64_t n, int64_t item, int64_t nch, const fx_params *P, const double *gscale,        \
         const double *st, const double *rowT, const int8_t *status)                            \
-{ FX_DISPATCH(fx_softmax_split_grad_##S, (g, t, labels, n, item, nch, P, gscale, st, rowT,    \
+{ FX_DISPATCH(fx_softmax_split_grad_##S, (x, g, t, labels, n, item, nch, P, gscale, st, rowT, \
                                           status)) }                                           \
 static int64_t fx_softmax_split_combine_##S(const int64_t *labels, int64_t n, int64_t nch,      \
         int64_t r, const fx_params *P, const double *gscale, double *st, double *loss,         \
