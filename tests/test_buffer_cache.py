@@ -117,3 +117,25 @@ def test_tracemalloc_sees_the_gradient(rng):
 def test_bad_limits(value, exc, match):
     with pytest.raises(exc, match=match):
         fx.set_buffer_cache(value)
+
+
+def test_old_sizes_age_out(rng):
+    """Blocks of sizes no longer asked for are evicted, oldest first, so the cache keeps
+    serving the sizes in use (4 slots)."""
+    loss_fn = fx.SparseCategoricalCrossentropy(from_logits=True)
+    y, x = _case(rng)
+    for rows in (ROWS - 1, ROWS - 2, ROWS - 3, ROWS - 4, ROWS - 5):  # five other sizes
+        _, g = loss_fn.loss_and_grad(y[:rows], x[:rows])
+        del g
+        gc.collect()
+    info = fx.buffer_cache_info()
+    assert info["held_bytes"] <= 4 * x.nbytes
+    _, g = loss_fn.loss_and_grad(y, x)
+    del g
+    gc.collect()
+    hits = fx.buffer_cache_info()["hits"]
+    for _ in range(3):
+        _, g = loss_fn.loss_and_grad(y, x)
+        del g
+        gc.collect()
+    assert fx.buffer_cache_info()["hits"] == hits + 3

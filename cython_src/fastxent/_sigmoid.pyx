@@ -69,7 +69,7 @@ def sigmoid_xent(const floating[:, ::1] x, const floating[:, ::1] z, floating[:,
     cdef int64_t r0, r1
     with nogil:
         for b in prange(nblocks, schedule="dynamic",
-                        num_threads=team_size(n_threads, nblocks)):
+                        num_threads=team_size(n_threads, nblocks, N * K)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -96,7 +96,7 @@ cdef void _sigmoid_split(const floating *xp, const floating *zp, floating *gp, f
     cdef double total
     with nogil:
         for item in prange(N * nch, schedule="dynamic",
-                           num_threads=team_size(n_threads, N * nch)):
+                           num_threads=team_size(n_threads, N * nch, N * K)):
             if floating is float:
                 pp[item] = fx_sigmoid_chunk_f32(xp, zp, gp, hp, K, item, nch, from_logits, P, sp)
             else:

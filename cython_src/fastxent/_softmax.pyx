@@ -136,7 +136,7 @@ def softmax_xent_logits(const floating[:, ::1] x, floating[:, ::1] grad,
     cdef int64_t r0, r1, bad = 0
     with nogil:
         for b in prange(nblocks, schedule="dynamic",
-                        num_threads=team_size(n_threads, nblocks)):
+                        num_threads=team_size(n_threads, nblocks, N * C)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -168,7 +168,7 @@ def softmax_xent_probs(const floating[:, ::1] x, floating[:, ::1] grad,
     cdef int64_t r0, r1, bad = 0
     with nogil:
         for b in prange(nblocks, schedule="dynamic",
-                        num_threads=team_size(n_threads, nblocks)):
+                        num_threads=team_size(n_threads, nblocks, N * C)):
             r0 = b * rpb
             r1 = r0 + rpb if r0 + rpb < N else N
             if floating is float:
@@ -195,7 +195,7 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
     cdef int64_t r, bad = 0
     with nogil:
         for item in prange(N * nch, schedule="dynamic",
-                           num_threads=team_size(n_threads, N * nch)):
+                           num_threads=team_size(n_threads, N * nch, N * C)):
             if floating is float:
                 fx_softmax_split_stats_f32(xp, tp, lp, C, item, nch, P, st + 4 * item)
             else:
@@ -209,7 +209,7 @@ cdef int64_t _softmax_split(const floating *xp, floating *gp, const floating *tp
                                                     lossp, lsep, rt, stp)
         if gp != NULL:
             for item in prange(N * nch, schedule="dynamic",
-                           num_threads=team_size(n_threads, N * nch)):
+                           num_threads=team_size(n_threads, N * nch, N * C)):
                 if floating is float:
                     fx_softmax_split_grad_f32(xp, gp, tp, lp, C, item, nch, P, sp, st + 4 * item,
                                               rt, stp)

@@ -89,7 +89,15 @@ cdef extern from "xent_kernels.h" nogil:
         int8_t *status)
 
 
-cdef inline int team_size(int n_threads, Py_ssize_t n_items) noexcept nogil:
-    """Threads for a prange over n_items: never more than there are items (a team that has
-    nothing to do still costs its start-up)."""
-    return n_threads if n_threads < n_items else <int>(n_items if n_items > 0 else 1)
+cdef inline int team_size(int n_threads, Py_ssize_t n_items, int64_t n_elements) noexcept nogil:
+    """Threads for a prange over n_items blocks holding n_elements in all: never more than
+    there are blocks, nor than one per 65,536 elements (a smaller share costs less than
+    waking a thread, and far less than waiting for one on a busy machine).  Results do not
+    depend on it: the blocks are the same for any team."""
+    cdef int64_t by_work = n_elements // 65536
+    cdef int64_t t = n_threads
+    if t > n_items:
+        t = n_items
+    if t > by_work:
+        t = by_work
+    return <int>(t if t > 0 else 1)

@@ -5,9 +5,10 @@
  * allocation and unmapped when freed, so each new gradient array costs the kernel a page
  * fault and a zero-fill per page: for a (8192, 1000) float64 gradient that is about as much
  * time as the whole loss-and-gradient pass.  fastxent allocates its gradient (and Hessian)
- * arrays with this handler: when such an array dies, its block (if at least FX_CACHE_MIN
- * bytes) is kept, up to FX_CACHE_SLOTS blocks and a byte limit, and the next request of the
- * same size gets it back without touching the operating system.  Only arrays fastxent
+ * arrays with this handler: when such an array dies, its block (if at least fx_cache_min
+ * bytes) is kept, up to FX_CACHE_SLOTS blocks and a byte limit (the oldest blocks are freed
+ * to make room), and the next request of the same size gets it back without touching the
+ * operating system.  Only arrays fastxent
  * allocates use the handler; NumPy's own default handler is never replaced.
  *
  * NumPy itself reports every block to tracemalloc (PyDataMem_UserNEW / UserFREE), so
@@ -31,6 +32,7 @@
 typedef struct {
     void *ptr;
     size_t size;
+    unsigned long long stamp;   /* when it was cached: the oldest block is evicted first */
 } fx_cached_block;
 
 static fx_cached_block fx_cache_blocks[FX_CACHE_SLOTS];
@@ -38,6 +40,7 @@ static size_t fx_cache_held = 0;                 /* bytes held in the cache */
 static size_t fx_cache_limit = (size_t)1 << 30;  /* at most this many bytes held */
 static size_t fx_cache_min = (size_t)1 << 22;    /* blocks below 4 MiB: plain malloc/free */
 static size_t fx_cache_hits = 0, fx_cache_misses = 0;
+static unsigned long long fx_cache_clock = 0;
 static PyThread_type_lock fx_cache_lock = NULL;
 
 static void fx_cache_acquire(void) { if (fx_cache_lock) PyThread_acquire_lock(fx_cache_lock, WAIT_LOCK); }
@@ -90,22 +93,34 @@ static void fx_cache_free(void *ctx, void *ptr, size_t size)
 {
     (void)ctx;
     if (ptr == NULL) return;
-    if (size >= fx_cache_min) {
-        int kept = 0;
+    if (size >= fx_cache_min && size <= fx_cache_limit) {
+        /* keep this block; make room by evicting the oldest blocks (sizes that are no longer
+         * asked for age out instead of holding the slots for good) */
+        void *evicted[FX_CACHE_SLOTS];
+        int n_evicted = 0;
         fx_cache_acquire();
-        if (fx_cache_held + size <= fx_cache_limit) {
+        for (;;) {
+            int empty = -1, oldest = -1;
             for (int i = 0; i < FX_CACHE_SLOTS; i++) {
-                if (fx_cache_blocks[i].ptr == NULL) {
-                    fx_cache_blocks[i].ptr = ptr;
-                    fx_cache_blocks[i].size = size;
-                    fx_cache_held += size;
-                    kept = 1;
-                    break;
-                }
+                if (fx_cache_blocks[i].ptr == NULL) { if (empty < 0) empty = i; continue; }
+                if (oldest < 0 || fx_cache_blocks[i].stamp < fx_cache_blocks[oldest].stamp)
+                    oldest = i;
             }
+            if (empty >= 0 && fx_cache_held + size <= fx_cache_limit) {
+                fx_cache_blocks[empty].ptr = ptr;
+                fx_cache_blocks[empty].size = size;
+                fx_cache_blocks[empty].stamp = ++fx_cache_clock;
+                fx_cache_held += size;
+                break;
+            }
+            /* oldest >= 0 here: with every slot empty, held is 0 and size <= limit */
+            evicted[n_evicted++] = fx_cache_blocks[oldest].ptr;
+            fx_cache_held -= fx_cache_blocks[oldest].size;
+            fx_cache_blocks[oldest].ptr = NULL;
         }
         fx_cache_release();
-        if (kept) return;
+        for (int i = 0; i < n_evicted; i++) free(evicted[i]);   /* outside the lock */
+        return;
     }
     free(ptr);
 }
