@@ -121,7 +121,7 @@ def prob_xent_rows(targets, probs, epsilon):
         q = p / s
         c = np.clip(q, epsilon, 1.0 - epsilon)
         loss = -(t * np.log(c)).sum(axis=1)
-        inside = (q > epsilon) & (q < 1.0 - epsilon)
+        inside = (q >= epsilon) & (q <= 1.0 - epsilon)  # at the bound the gradient passes
         a = np.where(inside, t / c, 0.0)
         grad = -(a - (a * q).sum(axis=1, keepdims=True)) / s
     grad[np.isnan(s[:, 0]), :] = np.nan  # a NaN anywhere in the row poisons the row
@@ -163,7 +163,7 @@ def sigmoid_prob_xent_elementwise(z, p, epsilon, pos_weight=1.0):
     pw = np.asarray(pos_weight, dtype=np.float64)
     c = np.clip(p, epsilon, 1.0 - epsilon)
     loss = -(pw * z * np.log(c) + (1.0 - z) * np.log(1.0 - c))
-    inside = (p > epsilon) & (p < 1.0 - epsilon)
+    inside = (p >= epsilon) & (p <= 1.0 - epsilon)  # as tf.clip_by_value / torch.clamp
     grad = np.where(inside, -(pw * z / c - (1.0 - z) / (1.0 - c)), 0.0)
     grad = np.where(np.isnan(p), np.nan, grad)
     return loss, grad

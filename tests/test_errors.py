@@ -5,19 +5,10 @@ import re
 
 import numpy as np
 import pytest
+from util import CLASSES, FUNCTIONS
 
 import fastxent as fx
 
-FUNCTIONS = {
-    "categorical": fx.categorical_crossentropy,
-    "sparse_categorical": fx.sparse_categorical_crossentropy,
-    "binary": fx.binary_crossentropy,
-}
-CLASSES = {
-    "categorical": fx.CategoricalCrossentropy,
-    "sparse_categorical": fx.SparseCategoricalCrossentropy,
-    "binary": fx.BinaryCrossentropy,
-}
 KINDS = list(CLASSES)
 
 
@@ -317,6 +308,68 @@ def test_bad_pos_weight(pos_weight):
     for run in each_entry_point("binary", pos_weight=pos_weight):
         with pytest.raises(ValueError, match="pos_weight"):
             run(y, x)
+
+
+WEIGHT_OF = {"categorical": "class_weight", "sparse_categorical": "class_weight",
+             "binary": "pos_weight"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "weight",
+    [["1", "2", "3"], np.ones(3, complex), np.ones(3, object), np.ones(3, bool), "1",
+     [1.0, [2.0, 3.0]], 1j],
+    ids=["str", "complex", "object", "bool", "str-scalar", "ragged", "complex-scalar"],
+)
+def test_weight_dtype_is_refused_by_functions_and_constructors(kind, weight):
+    """Strings, complex, object, bool and ragged class_weight / pos_weight: TypeError naming
+    the argument from the function, from the constructor (not only when called) and from
+    every entry point; nothing is silently converted."""
+    name = WEIGHT_OF[kind]
+    y, x = good_inputs(kind)
+    with pytest.raises(TypeError, match=name):
+        CLASSES[kind](**{name: weight})
+    for run in each_entry_point(kind, **{name: weight}):
+        with pytest.raises(TypeError, match=name):
+            run(y, x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("weight", [[-1.0, 1.0, 1.0], [np.nan, 1, 1], np.inf, np.ones((3, 1))])
+def test_bad_weight_values_are_refused_by_constructors(kind, weight):
+    name = WEIGHT_OF[kind]
+    with pytest.raises(ValueError, match=name):
+        CLASSES[kind](**{name: weight})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_valid_weights_are_stored_as_float(kind):
+    name = WEIGHT_OF[kind]
+    obj = CLASSES[kind](**{name: [1, 2, 3]})
+    assert getattr(obj, name).dtype == np.float64
+    assert obj.get_config()[name] == [1.0, 2.0, 3.0]
+    assert CLASSES[kind](**{name: 2}).get_config()[name] == 2.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("value", [1, 0, None, 1.0, "False", "yes", np.int64(1), [True]])
+def test_from_logits_must_be_a_bool(kind, value):
+    """from_logits="False" used to be truthy: it is a TypeError naming from_logits."""
+    y, x = good_inputs(kind)
+    with pytest.raises(TypeError, match="from_logits"):
+        CLASSES[kind](from_logits=value)
+    with pytest.raises(TypeError, match="from_logits"):
+        FUNCTIONS[kind](y, x, from_logits=value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_logits_accepts_numpy_bool(kind):
+    y, x = good_inputs(kind)
+    x = np.abs(x) / np.abs(x).sum(axis=-1, keepdims=True)  # probabilities
+    for flag in (np.True_, np.False_):
+        expected = FUNCTIONS[kind](y, x, from_logits=bool(flag))
+        np.testing.assert_array_equal(FUNCTIONS[kind](y, x, from_logits=flag), expected)
+        assert CLASSES[kind](from_logits=flag).from_logits is bool(flag)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,6 +2,19 @@
 
 import numpy as np
 
+import fastxent as fx
+
+# the three loss families: the class (reductions, gradient) and the per-sample function
+CLASSES = {
+    "categorical": fx.CategoricalCrossentropy,
+    "sparse_categorical": fx.SparseCategoricalCrossentropy,
+    "binary": fx.BinaryCrossentropy,
+}
+FUNCTIONS = {
+    "categorical": fx.categorical_crossentropy,
+    "sparse_categorical": fx.sparse_categorical_crossentropy,
+    "binary": fx.binary_crossentropy,
+}
 DTYPES = (np.float32, np.float64)
 RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
 
@@ -101,3 +114,14 @@ def central_difference(f, x, rel_step=1e-6, floor=1.0, steps=None):
         flat[i] = old
         g[i] = (f_plus - f_minus) / (2.0 * h)
     return grad
+
+
+def unaligned(a):
+    """A copy of ``a`` whose elements sit at an odd byte offset (``flags.aligned`` False), as
+    arrays rebuilt from serialized bytes can be."""
+    a = np.asarray(a)
+    buf = bytearray(a.nbytes + 1)
+    out = np.frombuffer(buf, dtype=a.dtype, offset=1, count=a.size).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned or a.dtype.itemsize == 1 or a.size == 0
+    return out

@@ -22,9 +22,11 @@ from fastxent import _buffers, _sigmoid, _softmax
 from fastxent._config import resolve_n_threads
 from fastxent._validation import (
     as_float_array,
+    as_kernel_array,
     as_labels,
     as_target_array,
     broadcast_sample_weight,
+    check_bool,
     check_fraction,
     check_nonneg_real,
     check_reduction,
@@ -64,12 +66,14 @@ def _layout(y_pred, axis, *, inplace: bool = False, name: str = "y_pred") -> _La
             raise TypeError("inplace=True needs y_pred to be a NumPy array")
         if not arr.flags.writeable:
             raise ValueError("inplace=True needs a writeable y_pred, got a read-only array")
+        if not arr.flags.aligned:
+            raise ValueError("inplace=True needs an aligned y_pred (it would have to be copied)")
         if not moved.flags.c_contiguous:
             raise ValueError(
                 "inplace=True needs y_pred contiguous with the class axis last "
                 "(C order after moving `axis` to the end); it would have to be copied"
             )
-    x2 = np.ascontiguousarray(moved).reshape(-1, ncls)
+    x2 = as_kernel_array(moved).reshape(-1, ncls)
     return _Layout(arr, ax, batch_shape, x2)
 
 
@@ -99,6 +103,8 @@ def _grad_buffers(lay: _Layout, grad_out, inplace: bool, others) -> np.ndarray:
         raise TypeError(f"grad_out has dtype {grad_out.dtype}, expected {lay.arr.dtype}")
     if not grad_out.flags.writeable:
         raise ValueError("grad_out is read-only")
+    if not grad_out.flags.aligned:
+        raise ValueError("grad_out must be aligned (its elements at multiples of their size)")
     moved = np.moveaxis(grad_out, lay.axis, -1)
     if not moved.flags.c_contiguous:
         raise ValueError("grad_out must be C-contiguous with the class axis last")
@@ -147,8 +153,20 @@ def _plan(reduction: str, n_rows: int, weights, valid, sample_cw) -> _Plan:
         base = np.ones(n_rows) if w is None else w
         denom = float(np.sum(base if sample_cw is None else base * sample_cw))
     gs0 = 1.0 / denom if denom != 0.0 else 0.0
-    gscale = None if w is None else np.ascontiguousarray(w)
+    gscale = None if w is None else as_kernel_array(w)
     return _Plan(reduction, w, gs0, gscale, denom)
+
+
+def _zero_without_denominator(plan: _Plan, *buffers) -> None:
+    """A mean over nothing (all ignored, zero total weight) is 0.0 and so is its gradient.
+
+    The kernel scaled each row by ``gs0 = 0``, which leaves NaN in a row that holds NaN or
+    +inf (0 * NaN); the loss is 0.0 there (Keras' ``divide_no_nan``), so the gradient is too.
+    """
+    if plan.reduction in ("sum_over_batch_size", "mean_with_sample_weight") and plan.denom == 0.0:
+        for buf in buffers:
+            if buf is not None:
+                buf.fill(0)
 
 
 def _reduce(loss64: np.ndarray, plan: _Plan, lay: _Layout):
@@ -201,6 +219,7 @@ def softmax_xent(
     inplace: bool = False,
 ) -> Outcome:
     """Softmax cross-entropy (integer labels if ``sparse`` else soft targets)."""
+    from_logits = check_bool(from_logits, "from_logits")
     reduction = check_reduction(reduction)
     smoothing = check_fraction(label_smoothing, "label_smoothing")
     eps = check_fraction(epsilon, "epsilon", 0.0, 0.5, lo_open=True, hi_open=True)
@@ -236,17 +255,19 @@ def softmax_xent(
                 f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
                 "categorical targets need the shape of y_pred"
             )
-        target = np.ascontiguousarray(np.moveaxis(t, lay.axis, -1)).reshape(n_rows, ncls)
+        target = as_kernel_array(np.moveaxis(t, lay.axis, -1)).reshape(n_rows, ncls)
 
     weights = broadcast_sample_weight(sample_weight, lay.batch_shape)
-    weights = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+    weights = None if weights is None else as_kernel_array(weights).reshape(-1)
     valid = (labels != ignore_class) if ignore_class is not None else None
     sample_cw = None
     if cw is not None and reduction == "mean_with_sample_weight":
         if sparse:
             sample_cw = np.take(cw, labels, mode="clip")
         else:
-            sample_cw = target.astype(np.float64, copy=False) @ cw
+            # sum_k cw_k t_k per row, accumulated in float64 through einsum's small buffers:
+            # no N x C float64 copy of a float32 target (and no threaded BLAS: same bits)
+            sample_cw = np.einsum("ij,j->i", target, cw, dtype=np.float64)
     plan = _plan(reduction, n_rows, weights, valid, sample_cw)
 
     grad2 = hess2 = None
@@ -272,6 +293,7 @@ def softmax_xent(
                 keep, spread, eps, cw, ignore_class, nt,
             )
         _check_bad_labels(bad, labels, y_true, lay, ignore_class)
+        _zero_without_denominator(plan, grad2, hess2)
 
     return Outcome(
         loss=_reduce(loss64, plan, lay),
@@ -299,6 +321,7 @@ def sigmoid_xent(
     inplace: bool = False,
 ) -> Outcome:
     """Binary (sigmoid) cross-entropy, averaged over ``axis`` like Keras."""
+    from_logits = check_bool(from_logits, "from_logits")
     reduction = check_reduction(reduction)
     smoothing = check_fraction(label_smoothing, "label_smoothing")
     eps = check_fraction(epsilon, "epsilon", 0.0, 0.5, lo_open=True, hi_open=True)
@@ -325,10 +348,10 @@ def sigmoid_xent(
                 f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
                 "binary targets need the shape of y_pred"
             )
-    z = np.ascontiguousarray(np.moveaxis(t, lay.axis, -1)).reshape(n_rows, width)
+    z = as_kernel_array(np.moveaxis(t, lay.axis, -1)).reshape(n_rows, width)
 
     weights = broadcast_sample_weight(sample_weight, lay.batch_shape)
-    weights = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+    weights = None if weights is None else as_kernel_array(weights).reshape(-1)
     plan = _plan(reduction, n_rows, weights, None, None)
 
     grad2 = hess2 = None
@@ -344,6 +367,7 @@ def sigmoid_xent(
             lay.x2, z, grad2, hess2, plan.gs0, plan.gscale, loss64, from_logits,
             1.0 - smoothing, smoothing / 2.0, eps, pw, nt,
         )
+        _zero_without_denominator(plan, grad2, hess2)
     return Outcome(
         loss=_reduce(loss64, plan, lay),
         grad=_grad_result(grad2, lay, grad_out, inplace),

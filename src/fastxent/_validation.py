@@ -10,6 +10,15 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
+def as_kernel_array(a, dtype=None) -> np.ndarray:
+    """``a`` C-contiguous and aligned (copied only when it is not already).
+
+    ``np.ascontiguousarray`` keeps a misaligned buffer (e.g. one NumPy made from bytes at an
+    odd offset, as deserialized data can be); the kernels' loads need aligned elements.
+    """
+    return np.require(a, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+
+
 def as_float_array(a, name: str) -> np.ndarray:
     """``a`` as an ndarray of float32 or float64 (no copy); TypeError for any other dtype.
 
@@ -76,20 +85,42 @@ def check_reduction(reduction) -> str:
     return "sum_over_batch_size" if reduction == "mean" else reduction
 
 
+def check_bool(value, name: str) -> bool:
+    """``value`` as a Python bool; TypeError for anything but True / False (or np.bool_)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def as_weight_array(w, name: str) -> np.ndarray:
+    """Per-class weights as float64: a scalar or a 1-D array of finite numbers >= 0.
+
+    The length is checked against the data by :func:`check_weight_vector`; this part runs in
+    the class constructors too, so a bad weight fails where it is given.
+    """
+    try:
+        arr = np.asarray(w)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a scalar or a 1-D array of real numbers") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return arr
+
+
 def check_weight_vector(w, name: str, length: int, what: str) -> np.ndarray | None:
     """Per-class weights: a scalar or a 1-D array of ``length`` finite non-negative numbers."""
     if w is None:
         return None
-    arr = np.asarray(w)
-    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "b":
-        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = as_weight_array(w, name)
     if arr.ndim == 0:
         arr = np.full(length, float(arr))
     if arr.shape != (length,):
         raise ValueError(f"{name} must have one entry per {what} ({length}), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{name} must be finite and >= 0")
     return np.ascontiguousarray(arr)
 
 
@@ -109,13 +140,14 @@ def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np
         )
     kind = arr.dtype.kind
     if kind in "iu":
-        if kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
-            bad = np.unravel_index(int(np.argmax(arr > np.iinfo(np.int64).max)), arr.shape)
+        int64_max = np.iinfo(np.int64).max
+        if kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > int64_max:
+            bad = np.unravel_index(int(np.argmax(arr > int64_max)), arr.shape)
             pos = tuple(int(b) for b in bad)
             raise ValueError(
                 f"y_true: label {int(arr[bad])} at position {pos} is outside [0, n_classes)"
             )
-        return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+        return as_kernel_array(arr, np.int64).reshape(-1)
     if kind == "f":
         flat = arr.reshape(-1)
         integral = np.isfinite(flat) & (flat == np.round(flat))

@@ -16,7 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastxent import _engine
-from fastxent._validation import check_fraction, check_reduction
+from fastxent._validation import (
+    as_weight_array,
+    check_bool,
+    check_fraction,
+    check_nonneg_real,
+    check_reduction,
+)
 
 __all__ = [
     "categorical_crossentropy",
@@ -198,6 +204,22 @@ class _Loss:
         resolve_n_threads(n_threads)  # validate now; resolved again at call time
         self.n_threads = n_threads
 
+    def _set_common(self, from_logits, label_smoothing, axis, epsilon):
+        """Validate and store the options every loss has (the rest are checked per call)."""
+        self.from_logits = check_bool(from_logits, "from_logits")
+        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
+        self.axis = axis
+        self.epsilon = check_fraction(epsilon, "epsilon", 0.0, 0.5, lo_open=True, hi_open=True)
+
+    @staticmethod
+    def _weights(w, name):
+        """class_weight / pos_weight checked as the functions check them: a float, a float64
+        array or None."""
+        if w is None:
+            return None
+        arr = as_weight_array(w, name)
+        return float(arr) if arr.ndim == 0 else arr
+
     def _run(self, y_true, y_pred, sample_weight, **kw):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -290,7 +312,8 @@ class _Loss:
 
 
 class CategoricalCrossentropy(_Loss):
-    """Categorical cross-entropy with one-hot or soft targets (``keras.losses.CategoricalCrossentropy``).
+    """Categorical cross-entropy with one-hot or soft targets
+    (``keras.losses.CategoricalCrossentropy``).
 
     Parameters
     ----------
@@ -321,12 +344,9 @@ class CategoricalCrossentropy(_Loss):
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
                  epsilon=1e-7, z_loss=0.0):
         super().__init__(reduction, n_threads)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
-        self.axis = axis
-        self.class_weight = None if class_weight is None else np.asarray(class_weight, float)
-        self.epsilon = epsilon
-        self.z_loss = z_loss
+        self._set_common(from_logits, label_smoothing, axis, epsilon)
+        self.class_weight = self._weights(class_weight, "class_weight")
+        self.z_loss = check_nonneg_real(z_loss, "z_loss")
 
     def _run(self, y_true, y_pred, sample_weight, **kw):
         return _engine.softmax_xent(
@@ -367,13 +387,10 @@ class SparseCategoricalCrossentropy(_Loss):
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
                  epsilon=1e-7, z_loss=0.0):
         super().__init__(reduction, n_threads)
-        self.from_logits = bool(from_logits)
+        self._set_common(from_logits, label_smoothing, axis, epsilon)
         self.ignore_class = ignore_class
-        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
-        self.axis = axis
-        self.class_weight = None if class_weight is None else np.asarray(class_weight, float)
-        self.epsilon = epsilon
-        self.z_loss = z_loss
+        self.class_weight = self._weights(class_weight, "class_weight")
+        self.z_loss = check_nonneg_real(z_loss, "z_loss")
 
     def _run(self, y_true, y_pred, sample_weight, **kw):
         return _engine.softmax_xent(
@@ -410,13 +427,8 @@ class BinaryCrossentropy(_Loss):
                  reduction="sum_over_batch_size", pos_weight=None, n_threads=None, *,
                  epsilon=1e-7):
         super().__init__(reduction, n_threads)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
-        self.axis = axis
-        self.pos_weight = (None if pos_weight is None
-                           else (pos_weight if np.ndim(pos_weight) == 0
-                                 else np.asarray(pos_weight, float)))
-        self.epsilon = epsilon
+        self._set_common(from_logits, label_smoothing, axis, epsilon)
+        self.pos_weight = self._weights(pos_weight, "pos_weight")
 
     def _run(self, y_true, y_pred, sample_weight, **kw):
         return _engine.sigmoid_xent(

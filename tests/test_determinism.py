@@ -1,0 +1,250 @@
+"""Bitwise determinism: the same bits for every thread count, every repeated call and every
+instruction-set path the CPU supports.
+
+The kernels split the rows into fixed-size blocks that do not depend on the thread count, sum
+each row in fixed lanes combined in a fixed order, and the reductions run in NumPy's
+deterministic pairwise sum; -ffp-contract=off keeps the AVX2 / AVX-512 paths on the same bits
+as the baseline path.  So every result here is compared with ``==`` on the raw bits, not
+with a tolerance.  NaN is compared NaN-aware: the NaN positions must agree and every other
+bit pattern must be identical.
+
+The shapes are chosen so that the work is split into several blocks (more blocks than
+threads) and so that rows are longer than, shorter than and not a multiple of the 16
+accumulation lanes.
+"""
+
+import numpy as np
+import pytest
+from util import CLASSES, FUNCTIONS, logits, probabilities
+
+import fastxent as fx
+
+N_THREADS = (1, 2, 3, 4)
+REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight")
+DTYPES = (np.float32, np.float64)
+# (rows, classes), one per kernel path (README "Kernels"): three 32768-element blocks of rows
+# (more than 1 and 2 threads, fewer than 4) with ragged lanes; one row per block; very short
+# rows (softmax: groups of 32 rows transposed; binary: flat chunks); rows of 262,144 elements
+# or more, cut into 65,536-element chunks that the threads share and merge in chunk order
+# (the path where the thread count decides who computes what).
+SHAPES = ((300, 257), (3, 40_003), (25_000, 3), (2, 300_007))
+
+
+def bits(value):
+    """(NaN mask, raw bits with NaNs zeroed) of a float, 0-d or n-d array."""
+    a = np.ascontiguousarray(np.asarray(value))
+    assert a.dtype in (np.float32, np.float64), a.dtype
+    nan = np.isnan(a)
+    raw = a.view(np.uint32 if a.dtype == np.float32 else np.uint64).copy()
+    raw[nan] = 0
+    return nan, raw
+
+
+def assert_same_bits(actual, expected, what):
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected), what
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_bits(a, e, f"{what}[{i}]")
+        return
+    if isinstance(expected, float):
+        assert isinstance(actual, float), f"{what}: {type(actual)}"
+        actual, expected = np.float64(actual), np.float64(expected)
+    a_nan, a_raw = bits(actual)
+    e_nan, e_raw = bits(expected)
+    assert np.asarray(actual).dtype == np.asarray(expected).dtype, what
+    assert a_nan.shape == e_nan.shape, what
+    assert np.array_equal(a_nan, e_nan), f"{what}: NaN positions differ"
+    if not np.array_equal(a_raw, e_raw):
+        n_diff = int(np.count_nonzero(a_raw != e_raw))
+        raise AssertionError(f"{what}: {n_diff} value(s) differ bitwise")
+
+
+def option_sets(kind, from_logits, n_classes, rng):
+    """Every option of ``kind``: the defaults, everything switched on, and the odd ones."""
+    cw = rng.uniform(0.2, 3.0, n_classes)
+    if kind == "categorical":
+        everything = {"label_smoothing": 0.1, "class_weight": cw, "epsilon": 1e-4}
+        if from_logits:
+            everything["z_loss"] = 1e-3
+        return [{}, everything]
+    if kind == "sparse_categorical":
+        everything = {"label_smoothing": 0.1, "class_weight": cw, "ignore_class": 1,
+                      "epsilon": 1e-4}
+        if from_logits:
+            everything["z_loss"] = 1e-3
+        return [{}, everything, {"ignore_class": -100}]
+    return [
+        {},
+        {"label_smoothing": 0.1, "pos_weight": cw, "epsilon": 1e-4},
+        {"pos_weight": 2.5},
+    ]
+
+
+def make_inputs(kind, from_logits, dtype, shape, rng):
+    """Inputs with a few NaN / -inf / +-1e30 entries (their rows must be deterministic too)."""
+    n, c = shape
+    if from_logits:
+        x = logits(rng, shape, dtype, scale=3.0)
+    else:
+        x = probabilities(rng, shape, dtype=dtype)
+    flat = x.reshape(-1)
+    special = rng.choice(flat.size, size=min(12, flat.size // 4), replace=False)
+    values = [np.nan, -np.inf, 1e30, -1e30] if from_logits else [np.nan, 0.0, 1.0, 1e-9]
+    flat[special] = np.resize(np.array(values, dtype=dtype), special.size)
+    if kind == "sparse_categorical":
+        y = rng.integers(0, c, size=n)
+        y[rng.random(n) < 0.1] = -100
+        y[rng.random(n) < 0.1] = 1
+    elif kind == "categorical":
+        y = rng.dirichlet(np.ones(c), size=n).astype(dtype)
+    else:
+        y = rng.uniform(0.0, 1.0, size=shape).astype(dtype)
+    sw = rng.uniform(0.0, 2.0, size=n)
+    return y, x, sw
+
+
+def compute_all(kind, from_logits, opts, y, x, sw, n_threads):
+    """Every entry point of ``kind`` with these options, as a dict of results."""
+    out = {}
+    if kind == "sparse_categorical":  # -100 marks the entries to ignore, when ignoring
+        y = np.where(y == -100, opts.get("ignore_class", 0), y)
+    for reduction in REDUCTIONS:
+        loss = CLASSES[kind](from_logits=from_logits, reduction=reduction, n_threads=n_threads,
+                             **opts)
+        out[f"loss_and_grad/{reduction}"] = loss.loss_and_grad(y, x, sw)
+        if reduction in ("none", "sum"):  # the loss-only kernel path (no gradient buffer)
+            out[f"call/{reduction}"] = loss(y, x, sw if reduction == "sum" else None)
+        if reduction == "sum_over_batch_size" and from_logits:
+            out["gradient_hessian"] = tuple(loss.gradient_hessian(y, x, sw))
+            if kind != "binary":
+                out["return_lse"] = loss.loss_and_grad(y, x, return_lse=True)
+    out["function"] = FUNCTIONS[kind](y, x, from_logits=from_logits, n_threads=n_threads, **opts)
+    return out
+
+
+def test_bit_comparison_detects_one_ulp():
+    """The comparison used here is exact: one ulp anywhere, or a moved NaN, fails it."""
+    a = np.linspace(-3, 3, 50, dtype=np.float32)
+    assert_same_bits(a.copy(), a, "same")
+    b = a.copy()
+    b[17] = np.nextafter(b[17], np.float32(np.inf))
+    with pytest.raises(AssertionError, match="bitwise"):
+        assert_same_bits(b, a, "one ulp")
+    c = a.copy()
+    c[3] = np.nan
+    with pytest.raises(AssertionError, match="NaN"):
+        assert_same_bits(c, a, "nan")
+    with pytest.raises(AssertionError, match="bitwise"):
+        assert_same_bits(0.1 + 0.2, 0.3, "float")
+    assert_same_bits(float("nan"), float("nan"), "nan float")
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    fx.set_isa("auto")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_bitwise_identical_threads_repeats_isas(kind, from_logits, dtype, shape, rng,
+                                                restore_isa):
+    """Same bits for n_threads 1..4, for a repeated call, and on every ISA path."""
+    y, x, sw = make_inputs(kind, from_logits, dtype, shape, rng)
+    isas = fx.available_isas()
+    assert isas[0] == "baseline"
+    for opts in option_sets(kind, from_logits, shape[1], rng):
+        fx.set_isa("baseline")
+        expected = compute_all(kind, from_logits, opts, y, x, sw, n_threads=1)
+        for isa in isas:
+            fx.set_isa(isa)
+            assert fx.get_isa() == isa
+            for n_threads in N_THREADS:
+                for repeat in range(2 if n_threads == 2 else 1):
+                    got = compute_all(kind, from_logits, opts, y, x, sw, n_threads)
+                    assert got.keys() == expected.keys()
+                    for key, value in expected.items():
+                        assert_same_bits(
+                            got[key], value,
+                            f"{key} isa={isa} n_threads={n_threads} repeat={repeat} "
+                            f"opts={sorted(opts)}",
+                        )
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_bitwise_identical_nd_and_noncontiguous(kind, rng, restore_isa):
+    """N-d input with the class axis in the middle (copied to rows) and a strided view."""
+    base = logits(rng, (40, 37, 60), np.float32)
+    x = base[:, :, ::2]  # strided along the class axis: copied once
+    axis = 1
+    cls = CLASSES[kind]
+    if kind == "sparse_categorical":
+        y = rng.integers(0, x.shape[axis], size=(40, 30))
+    elif kind == "categorical":
+        y = np.moveaxis(rng.dirichlet(np.ones(x.shape[axis]), size=(40, 30)), -1, axis)
+        y = y.astype(np.float32)
+    else:
+        y = rng.uniform(size=x.shape).astype(np.float32)
+    sw = rng.uniform(size=40)
+    results = []
+    for isa in fx.available_isas():
+        fx.set_isa(isa)
+        for n_threads in N_THREADS:
+            loss = cls(from_logits=True, axis=axis, reduction="sum", n_threads=n_threads)
+            results.append((loss.loss_and_grad(y, x, sw), FUNCTIONS[kind](
+                y, x, from_logits=True, axis=axis, n_threads=n_threads)))
+    for got in results[1:]:
+        assert_same_bits(got[0], results[0][0], "loss_and_grad")
+        assert_same_bits(got[1], results[0][1], "function")
+
+
+def test_set_isa_contract(restore_isa):
+    """set_isa accepts every available path and 'auto', and refuses the rest by name."""
+    isas = fx.available_isas()
+    for isa in isas:
+        assert fx.set_isa(isa) == isa
+        assert fx.get_isa() == isa
+    assert fx.set_isa("auto") == isas[-1]
+    with pytest.raises(ValueError, match="isa"):
+        fx.set_isa("sse9")
+    for isa in ("baseline", "avx2", "avx512"):
+        if isa not in isas:
+            with pytest.raises(ValueError, match="not supported"):
+                fx.set_isa(isa)
+    assert fx.get_isa() == isas[-1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_linear_cross_entropy_and_perplexity_bitwise_identical(dtype, rng):
+    """The fused linear cross-entropy (logits never formed) and perplexity: the same bits for
+    n_threads 1..4 and a repeated call, with blocks small enough that every thread gets
+    several, and every reduction and option."""
+    n, d, vocab = 300, 48, 1000
+    hidden = logits(rng, (3, n // 3, d), dtype, scale=0.5)
+    weight = logits(rng, (vocab, d), dtype, scale=0.5)
+    bias = logits(rng, (vocab,), dtype)
+    labels = rng.integers(0, vocab, size=(3, n // 3))
+    labels[rng.random(labels.shape) < 0.1] = -100
+    sw = rng.uniform(0.0, 2.0, size=labels.shape)
+    opts = {"ignore_class": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
+            "sample_weight": sw, "chunk_size": (64, 256)}
+
+    def compute(n_threads):
+        out = {}
+        for reduction in REDUCTIONS:
+            out[reduction] = fx.linear_cross_entropy_and_grad(
+                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads, **opts)
+            out[f"loss/{reduction}"] = fx.linear_cross_entropy(
+                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads, **opts)
+        out["perplexity"] = fx.perplexity(labels, hidden @ weight.T + bias, ignore_class=-100,
+                                          sample_weight=sw, n_threads=n_threads)
+        return out
+
+    expected = compute(1)
+    for n_threads in (*N_THREADS, 2):  # 2 twice: a repeated call
+        got = compute(n_threads)
+        for key, value in expected.items():
+            assert_same_bits(got[key], value, f"{key} n_threads={n_threads}")

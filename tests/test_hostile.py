@@ -1,0 +1,782 @@
+"""Hostile input: hypothesis drives the whole public loss API with random and broken inputs.
+
+Every case is built valid first (random shapes with 0, 1 and large class counts and empty
+batches, any class axis, C / Fortran / reversed / read-only / list / misaligned layouts, every
+label and target dtype that is allowed, NaN / +-inf / +-1e30 / negative / > 1 values placed
+anywhere in y_pred and the targets, every option and reduction, sample weights of every
+accepted shape,
+``grad_out`` and ``inplace``), then zero, one or two *corruptions* are applied, each of which
+is tagged with the argument(s) it breaks: every other NumPy dtype for y_pred, y_true and
+sample_weight (bool, integers, float16, longdouble, complex, object, str, bytes, datetime),
+negative / out-of-range / fractional / NaN / huge labels, mismatched shapes, bad sample_weight
+shapes, bad axis values and bad parameters.
+
+The outcome must be exactly one of
+
+* no corruption: a result equal to the oracle (``tests/reference.py``, float64), rounded to
+  the output dtype where the output is an array, with the right type, dtype and shape, and
+  the inputs left unmodified (``inplace=True``: y_pred holds the gradient);
+* a corruption: a ``TypeError`` or ``ValueError`` whose message names one of the corrupted
+  arguments;
+
+never a crash, a hang (faulthandler aborts the run after 15 minutes with every thread's
+stack) or a silently wrong number.
+
+At least 5,000 examples run in CI: the settings profile ``fastxent-hostile`` (registered
+here, derandomized so CI is reproducible, no deadline, no example database) is the parent of
+each ``@given`` test, whose ``max_examples`` sum to 5,000.  ``FASTXENT_HOSTILE_SCALE=10`` runs
+ten times as many (with a fresh random seed when ``FASTXENT_HOSTILE_RANDOM=1``).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import reference as R
+from hypothesis import HealthCheck, given, settings
+from util import CLASSES, FUNCTIONS, unaligned
+
+import fastxent as fx
+
+settings.register_profile(
+    "fastxent-hostile",
+    derandomize=os.environ.get("FASTXENT_HOSTILE_RANDOM", "") != "1",
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much],
+)
+PROFILE = settings.get_profile("fastxent-hostile")
+SCALE = float(os.environ.get("FASTXENT_HOSTILE_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
+KINDS = tuple(CLASSES)
+ENTRIES = ("function", "call", "loss_and_grad", "gradient", "gradient_hessian")
+REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
+
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+# every dtype that is not float32/float64: refused for y_pred
+BAD_PRED_DTYPES = ("bool", *INT_DTYPES, "float16", "longdouble", "complex64", "complex128",
+                   "object", "U8", "S8", "datetime64[s]", "timedelta64[ms]")
+# refused for targets / labels / weights (bool and integers are accepted there)
+NON_NUMERIC_DTYPES = ("complex64", "complex128", "object", "U8", "S8", "datetime64[s]",
+                      "timedelta64[ms]")
+LOGIT_SPECIALS = (np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, 1e-30, 88.0, -88.0,
+                  1e4, -1e4)
+PROB_SPECIALS = (np.nan, np.inf, -np.inf, 0.0, 1.0, 1e-30, 1e-8, -0.5, 2.0, 1e30)
+# Targets: NaN, negative, > 1 and large values.  Infinite targets are left out: the kernel
+# computes sum_k t_k (m - x_k) + T log(s), which gives NaN where -sum_k t_k log p_k is +inf
+# (both non-finite).  Targets of 1e30 are left out too: the softmax gradient p T - t then
+# cancels terms of size 1e30, so its rounding error is relative to 1e30, not to the result,
+# and no two correct summation orders agree.
+TARGET_SPECIALS = (np.nan, -1.0, 2.0, 0.0, 1.0, 0.5, 1e3, -1e3)
+NAMES = ("y_true", "y_pred", "sample_weight", "axis", "label_smoothing", "epsilon", "z_loss",
+         "class_weight", "pos_weight", "ignore_class", "reduction", "n_threads", "grad_out",
+         "inplace", "from_logits")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def abort_on_hang():
+    """A hang anywhere in this module dumps every thread's stack and ends the run."""
+    faulthandler.dump_traceback_later(15 * 60, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    kind: str
+    entry: str
+    dtype: np.dtype
+    pred_shape: tuple
+    axis: int  # the valid class axis the case was built with (corruptions change opts["axis"])
+    from_logits: bool
+    x: object  # y_pred as passed
+    y: object  # y_true as passed
+    opts: dict  # options (constructor / keyword arguments), n_threads included
+    reduction: str | None = None  # classes only
+    sample_weight: object = None
+    grad_out: object = None
+    inplace: bool = False
+    oracle_y: object = None  # y_true as the oracle needs it (squeezed, converted)
+    oracle_sw: object = None
+    bad: set = field(default_factory=set)  # names of the corrupted arguments
+    notes: list = field(default_factory=list)
+
+
+def _batch_shape(shape, axis):
+    axis = axis % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+@st.composite
+def shapes(draw):
+    """(y_pred shape, axis): 1-3 dims, batch dims 0..4, class counts 1, 2, 3, 7, 17, 33, 1000,
+    4099 and 262,147 (every kernel path: short rows, one row per thread, a row split into
+    chunks that the threads share)."""
+    ndim = draw(st.integers(1, 3))
+    n_classes = draw(st.sampled_from((1, 1, 2, 2, 3, 7, 17, 33, 1000, 4099, 262_147)))
+    batch = [draw(st.sampled_from((0, 1, 1, 2, 3, 4))) for _ in range(ndim - 1)]
+    if n_classes >= 1000:
+        batch = [min(b, 2 if n_classes < 100_000 else 1) for b in batch]
+    axis = draw(st.integers(-ndim, ndim - 1))
+    shape = list(batch)
+    shape.insert(axis % ndim, n_classes)
+    return tuple(shape), axis
+
+
+def _place_specials(draw, rng, a, specials):
+    """Put 0-3 special values at random positions (or fill a whole row) of float array ``a``."""
+    flat = a.reshape(-1)
+    if flat.size == 0:
+        return
+    mode = draw(st.sampled_from(("none", "none", "few", "few", "many", "row")))
+    if mode == "none":
+        return
+    if mode == "row":  # a whole row along the last axis, e.g. all -inf
+        value = draw(st.sampled_from(specials))
+        a[(0,) * (a.ndim - 1)] = value
+        return
+    k = draw(st.integers(1, 3)) if mode == "few" else max(1, flat.size // 3)
+    idx = rng.integers(0, flat.size, size=k)
+    values = [draw(st.sampled_from(specials)) for _ in range(min(k, 3))]
+    flat[idx] = np.resize(np.array(values, dtype=a.dtype), k)
+
+
+def _layout(draw, x):
+    """y_pred in one of the accepted layouts (all mean the same values)."""
+    how = draw(st.sampled_from(("c", "c", "c", "fortran", "reversed", "readonly", "list",
+                                "unaligned")))
+    if how == "unaligned":
+        return unaligned(x), how
+    if how == "fortran":
+        return np.asfortranarray(x), how
+    if how == "reversed" and x.ndim >= 1:
+        rev = x[::-1].copy()[::-1]  # a view with a negative stride
+        return rev, how
+    if how == "readonly":
+        x = x.copy()
+        x.flags.writeable = False
+        return x, how
+    if how == "list" and x.dtype == np.float64 and 0 < x.size <= 64:
+        return x.tolist(), how
+    return x, "c"
+
+
+@st.composite
+def valid_cases(draw, entries=ENTRIES):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(KINDS))
+    entry = draw(st.sampled_from(entries))
+    dtype = np.dtype(draw(st.sampled_from((np.float32, np.float64))))
+    shape, axis = draw(shapes())
+    from_logits = True if entry == "gradient_hessian" else draw(st.booleans())
+    n_classes = shape[axis]
+    batch = _batch_shape(shape, axis)
+
+    # ---- y_pred
+    if from_logits:
+        x = (rng.standard_normal(shape) * draw(st.sampled_from((1.0, 5.0, 50.0)))).astype(dtype)
+        specials = LOGIT_SPECIALS
+        if kind == "binary":  # see test_binary_infinite_logits_give_the_limits
+            specials = tuple(v for v in specials if not np.isinf(v))
+        _place_specials(draw, rng, x, specials)
+    else:
+        x = rng.uniform(0.0, 1.0, size=shape)
+        if draw(st.booleans()) and x.size:
+            x = x / x.sum(axis=axis, keepdims=True)
+        x = x.astype(dtype)
+        _place_specials(draw, rng, x, PROB_SPECIALS)
+
+    # ---- options
+    opts = {"from_logits": from_logits, "axis": axis}
+    if draw(st.booleans()):
+        opts["label_smoothing"] = draw(st.sampled_from((0.0, 0.1, 0.5, 1.0)))
+    if draw(st.booleans()):
+        opts["epsilon"] = draw(st.sampled_from((1e-7, 1e-3, 0.25, 0.49)))
+    if draw(st.booleans()):
+        opts["n_threads"] = draw(st.sampled_from((None, 1, 2, 3, -1)))
+    if kind != "binary":
+        if from_logits and draw(st.booleans()):
+            opts["z_loss"] = draw(st.sampled_from((0.0, 1e-4, 1.0)))
+        if draw(st.booleans()):
+            w = rng.uniform(0.0, 3.0, n_classes)
+            w[rng.random(n_classes) < 0.2] = 0.0
+            opts["class_weight"] = w.tolist() if draw(st.booleans()) else w
+    elif draw(st.booleans()):
+        opts["pos_weight"] = draw(st.sampled_from((
+            float(rng.uniform(0, 4)), rng.uniform(0, 4, n_classes), 1, np.float32(2.5))))
+
+    # ---- y_true
+    oracle_y = None
+    if kind == "sparse_categorical":
+        if draw(st.booleans()):
+            opts["ignore_class"] = draw(st.sampled_from((-100, -1, 0, n_classes - 1,
+                                                          n_classes + 5, np.int16(-100))))
+        label_dtype = np.dtype(draw(st.sampled_from((*INT_DTYPES, "float16", "float32",
+                                                     "float64"))))
+        hi = n_classes
+        if label_dtype.kind in "iu":
+            hi = min(hi, int(np.iinfo(label_dtype).max) + 1)
+        if label_dtype == np.float16:
+            hi = min(hi, 2049)
+        labels = rng.integers(0, hi, size=batch)
+        ign = opts.get("ignore_class")
+        if ign is not None and labels.size:
+            representable = (label_dtype.kind != "u" or ign >= 0) and (
+                label_dtype.kind == "f" or np.iinfo(label_dtype).min <= ign
+                <= np.iinfo(label_dtype).max)
+            if representable:
+                labels[rng.random(batch) < 0.3] = ign
+        y = labels.astype(label_dtype)
+        oracle_y = y
+        if draw(st.integers(0, 5)) == 0:  # Keras' (batch, 1) labels
+            y = np.expand_dims(y, axis % len(shape))
+        elif draw(st.integers(0, 5)) == 0 and 0 < y.size <= 64:
+            y = y.tolist()  # Python ints (or floats)
+    else:
+        if kind == "categorical":
+            tshape = batch + (n_classes,)
+            if draw(st.booleans()):  # one-hot
+                t = np.zeros(tshape)
+                t.reshape(-1, n_classes)[np.arange(t.size // n_classes),
+                                         rng.integers(0, n_classes, t.size // n_classes)] = 1
+            else:
+                t = rng.dirichlet(np.ones(n_classes), size=batch) if n_classes else np.zeros(
+                    tshape)
+            t = np.moveaxis(t.reshape(tshape), -1, axis % len(shape))
+        else:
+            t = rng.uniform(size=shape) if draw(st.booleans()) else rng.integers(0, 2, shape)
+        t_dtype = np.dtype(draw(st.sampled_from(("float64", "float32", "float16", "bool",
+                                                 "int8", "uint8", "int64"))))
+        t = np.asarray(t, dtype=np.float64)
+        if t_dtype.kind == "f":
+            _place_specials(draw, rng, t, TARGET_SPECIALS)
+            if t_dtype == np.float16:
+                t[np.abs(t) > 6e4] = 2.0  # keep float16 finite where it was finite
+        with np.errstate(invalid="ignore"):
+            y = t.astype(t_dtype) if t_dtype.kind == "f" else (t > 0.5).astype(t_dtype)
+        oracle_y = y.astype(dtype)  # documented: targets are converted to y_pred's dtype
+        if kind == "binary" and len(shape) >= 2 and shape[-1] == 1 and draw(st.booleans()):
+            y = y[..., 0]  # Keras' squeeze_or_expand_to_same_rank: (batch,) for (batch, 1)
+
+    case = Case(kind, entry, dtype, shape, axis, from_logits, x, y, opts, oracle_y=oracle_y)
+
+    # ---- class entry points: reduction, sample weight, grad_out / inplace
+    if entry != "function":
+        case.reduction = draw(st.sampled_from(REDUCTIONS))
+        sw_kind = draw(st.sampled_from(("none", "none", "scalar", "full", "leading", "ones",
+                                        "trailing1", "list")))
+        sw = None
+        if sw_kind == "scalar":
+            sw = draw(st.sampled_from((0.5, 2, 0.0, np.float32(3.0))))
+        elif sw_kind in ("full", "list", "trailing1"):
+            sw = rng.uniform(0.0, 2.0, size=batch)
+            if sw.size and draw(st.booleans()):
+                sw[rng.random(batch) < 0.3] = 0.0
+            if sw_kind == "trailing1":
+                sw = sw[..., None]
+            elif sw_kind == "list" and 0 < sw.size <= 64:
+                sw = sw.tolist()
+        elif sw_kind == "leading" and len(batch) >= 1:
+            sw = rng.uniform(0.0, 2.0, size=batch[: draw(st.integers(1, len(batch)))])
+        elif sw_kind == "ones" and len(batch) >= 1:
+            sw = rng.uniform(0.0, 2.0, size=tuple(b if rng.random() < 0.5 else 1
+                                                    for b in batch))
+        case.sample_weight = sw
+        if sw is not None:
+            osw = np.asarray(sw, dtype=np.float64)
+            if osw.ndim == len(batch) + 1 and osw.shape[-1] == 1:
+                osw = osw[..., 0]
+            case.oracle_sw = osw
+        if entry == "loss_and_grad":
+            out_kind = draw(st.sampled_from(("none", "none", "grad_out", "inplace")))
+            moved_shape = np.moveaxis(np.empty(shape, dtype=bool), axis, -1).shape
+            if out_kind == "grad_out":
+                case.grad_out = np.moveaxis(np.full(moved_shape, 7.0, dtype=dtype), -1, axis)
+            elif out_kind == "inplace":
+                case.inplace = True
+                case.x = np.moveaxis(
+                    np.ascontiguousarray(np.moveaxis(np.asarray(x), axis, -1)), -1, axis)
+    if not case.inplace:
+        case.x, layout = _layout(draw, x)
+        case.notes.append(f"layout={layout}")
+    return case
+
+
+# ------------------------------------------------------------------------ corruptions
+
+
+def _bad_dtype_array(a, dtype):
+    a = np.asarray(a)
+    if dtype in ("U8", "S8"):
+        return a.astype(np.float64).astype(str).astype(dtype)
+    if dtype == "object":
+        return a.astype(object)
+    if dtype.startswith(("datetime", "timedelta")):
+        return np.zeros(a.shape, dtype=dtype)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.nan_to_num(a.astype(np.float64)).astype(dtype)
+
+
+def _bigger(shape, draw):
+    """``shape`` with one dimension grown by 2 (never broadcastable, never squeezable)."""
+    if not shape:
+        return (2,)
+    d = draw(st.integers(0, len(shape) - 1))
+    return shape[:d] + (shape[d] + 2,) + shape[d + 1:]
+
+
+@st.composite
+def corruptions(draw, case: Case):
+    """Apply one corruption to ``case`` (in place) and return its name."""
+    kind, batch = case.kind, _batch_shape(case.pred_shape, case.axis)
+    n_classes = case.pred_shape[case.axis]
+    options = ["y_pred_dtype", "y_pred_0d", "y_pred_empty_classes", "y_true_dtype",
+               "y_true_shape", "axis_range", "axis_type", "label_smoothing", "epsilon",
+               "n_threads", "from_logits"]
+    if kind == "sparse_categorical":
+        options += ["labels_out_of_range", "labels_fractional", "labels_bool", "ignore_class"]
+    if kind != "binary":
+        options += ["class_weight", "z_loss"]
+    else:
+        options += ["pos_weight"]
+    if case.entry != "function":
+        options += ["reduction", "sample_weight_shape", "sample_weight_dtype"]
+    if case.entry == "loss_and_grad":
+        options += ["grad_out"]
+    if case.entry == "gradient_hessian":
+        options += ["hessian_from_probs"]
+    what = draw(st.sampled_from(options))
+
+    if what == "y_pred_dtype":
+        case.x = _bad_dtype_array(case.x, draw(st.sampled_from(BAD_PRED_DTYPES)))
+        case.bad.add("y_pred")
+    elif what == "y_pred_0d":
+        case.x = np.asarray(np.ravel(case.x)[:1].sum() if np.size(case.x) else 0.5,
+                            dtype=case.dtype)
+        case.opts["axis"] = 0
+        case.bad.update({"y_pred", "axis"})
+    elif what == "y_pred_empty_classes":
+        shape = list(case.pred_shape)
+        shape[case.axis] = 0
+        case.x = np.zeros(shape, dtype=case.dtype)
+        case.bad.update({"y_pred"})
+        if kind != "sparse_categorical":
+            case.bad.add("y_true")  # its shape no longer matches either
+    elif what == "y_true_dtype":
+        dt = draw(st.sampled_from(NON_NUMERIC_DTYPES + (("bool",) if kind ==
+                                                        "sparse_categorical" else ())))
+        case.y = _bad_dtype_array(case.y, dt)
+        case.bad.add("y_true")
+    elif what == "y_true_shape":
+        shape = np.shape(case.y)
+        if draw(st.booleans()):
+            new_shape = _bigger(shape, draw)
+        else:
+            new_shape = shape + (3,)  # an extra dimension of size 3
+        case.y = np.zeros(new_shape, dtype=np.asarray(case.y).dtype)
+        case.bad.add("y_true")
+    elif what == "axis_range":
+        ndim = len(case.pred_shape)
+        case.opts["axis"] = draw(st.sampled_from((ndim, -ndim - 1, 100, -100)))
+        case.bad.add("axis")
+    elif what == "axis_type":
+        case.opts["axis"] = draw(st.sampled_from((1.0, "0", None, True, [0])))
+        case.bad.add("axis")
+    elif what == "label_smoothing":
+        case.opts["label_smoothing"] = draw(st.sampled_from(
+            (-0.1, 1.5, np.nan, np.inf, "0.1", None, True, 1 + 1e-9)))
+        case.bad.add("label_smoothing")
+    elif what == "epsilon":
+        case.opts["epsilon"] = draw(st.sampled_from((0.0, 0.5, -1e-7, 1.0, np.nan, "1e-7",
+                                                     None)))
+        case.bad.add("epsilon")
+    elif what == "n_threads":
+        case.opts["n_threads"] = draw(st.sampled_from((0, -2, 1.5, "2", True, -1000)))
+        case.bad.add("n_threads")
+    elif what == "from_logits":  # truthy / falsy non-bools are not guessed at
+        case.opts["from_logits"] = draw(st.sampled_from(("False", "True", 1, 0, None, 1.0,
+                                                         np.int8(1), [True])))
+        case.bad.add("from_logits")
+    elif what == "labels_out_of_range":
+        labels = np.array(R.sparse_labels_to_int(case.oracle_y), dtype=np.int64)
+        if labels.size == 0:
+            labels = np.zeros(batch, dtype=np.int64)
+        if labels.size == 0:  # an empty batch has no label to break: break the shape
+            case.y = np.zeros(_bigger(batch, draw), dtype=np.int64)
+        else:
+            ign = case.opts.get("ignore_class")
+            bad_value = draw(st.sampled_from((n_classes, n_classes + 1, -1, -7, 2**40,
+                                              -(2**40))))
+            if bad_value == ign:
+                bad_value = n_classes + 3 if ign != n_classes + 3 else -2
+            flat = labels.reshape(-1)
+            flat[draw(st.integers(0, flat.size - 1))] = bad_value
+            dt = draw(st.sampled_from(("int64", "float64", "int32", "uint64")))
+            if dt == "uint64":
+                if bad_value < 0:
+                    dt = "int64"
+                labels = labels.astype(dt)
+            elif dt == "int32" and abs(bad_value) < 2**31:
+                labels = labels.astype(dt)
+            elif dt == "float64":
+                labels = labels.astype(dt)
+            case.y = labels
+        case.bad.add("y_true")
+    elif what == "labels_fractional":
+        labels = np.asarray(case.oracle_y, dtype=np.float64).copy()
+        if labels.size == 0:
+            case.y = np.zeros(_bigger(batch, draw))
+        else:
+            flat = labels.reshape(-1)
+            flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(
+                (0.5, 1.25, np.nan, np.inf, -np.inf, 1e300, -0.5)))
+            with np.errstate(over="ignore"):  # 1e300 as float32 is inf: still not a label
+                case.y = labels.astype(draw(st.sampled_from(("float64", "float32"))))
+        case.bad.add("y_true")
+    elif what == "labels_bool":
+        case.y = np.zeros(batch, dtype=bool)
+        case.bad.add("y_true")
+    elif what == "ignore_class":
+        case.opts["ignore_class"] = draw(st.sampled_from((1.5, "0", True, [0], np.float64(1))))
+        case.bad.add("ignore_class")
+    elif what == "class_weight":
+        bad_w = draw(st.sampled_from(("short", "long", "negative", "nan", "inf", "2d", "str",
+                                      "complex")))
+        w = np.ones(n_classes)
+        if bad_w == "short":
+            w = np.ones(n_classes + 1)[:-2] if n_classes > 1 else np.ones(2)
+        elif bad_w == "long":
+            w = np.ones(n_classes + 1)
+        elif bad_w == "negative":
+            w[-1] = -0.5
+        elif bad_w == "nan":
+            w[0] = np.nan
+        elif bad_w == "inf":
+            w[0] = np.inf
+        elif bad_w == "2d":
+            w = np.ones((n_classes, 2))
+        elif bad_w == "str":
+            w = np.array(["1"] * n_classes)
+        else:
+            w = w.astype(complex)
+        case.opts["class_weight"] = w
+        case.bad.add("class_weight")
+    elif what == "pos_weight":
+        bad_w = draw(st.sampled_from(("long", "negative", "nan", "2d", "str", "inf_scalar",
+                                      "neg_scalar", "complex", "complex_scalar", "bool")))
+        width = n_classes
+        w = {"long": np.ones(width + 1), "negative": -np.ones(width),
+             "nan": np.full(width, np.nan), "2d": np.ones((width, 2)),
+             "str": np.array(["1"] * width), "inf_scalar": np.inf,
+             "neg_scalar": -1.0, "complex": np.ones(width, complex), "complex_scalar": 2 + 0j,
+             "bool": np.ones(width, bool)}[bad_w]
+        case.opts["pos_weight"] = w
+        case.bad.add("pos_weight")
+    elif what == "z_loss":
+        if case.from_logits:
+            case.opts["z_loss"] = draw(st.sampled_from((-1.0, np.nan, np.inf, "0.1", None)))
+        else:
+            case.opts["z_loss"] = 0.5  # z_loss needs from_logits=True
+            case.bad.add("from_logits")
+        case.bad.add("z_loss")
+    elif what == "reduction":
+        case.reduction = draw(st.sampled_from(("avg", "", "SUM", 3, "sum_over_batch", "auto")))
+        case.bad.add("reduction")
+    elif what == "sample_weight_shape":
+        if draw(st.booleans()) or not batch:
+            shape = _bigger(batch, draw)
+        else:
+            shape = batch + (3,)
+        case.sample_weight = np.ones(shape)
+        case.bad.add("sample_weight")
+    elif what == "sample_weight_dtype":
+        case.sample_weight = _bad_dtype_array(np.ones(batch),
+                                              draw(st.sampled_from(NON_NUMERIC_DTYPES)))
+        case.bad.add("sample_weight")
+    elif what == "grad_out":
+        problem = draw(st.sampled_from(("shape", "dtype", "readonly", "overlap", "noncontig",
+                                        "list", "both")))
+        pred_shape = case.pred_shape
+        moved = np.moveaxis(np.empty(pred_shape, dtype=case.dtype), case.axis, -1)
+        good = np.moveaxis(np.ascontiguousarray(moved), -1, case.axis)
+        case.inplace = False
+        if problem == "shape":
+            case.grad_out = np.empty(_bigger(pred_shape, draw), dtype=case.dtype)
+        elif problem == "dtype":
+            other = np.float64 if case.dtype == np.float32 else np.float32
+            case.grad_out = good.astype(other)
+        elif problem == "readonly":
+            good.flags.writeable = False
+            case.grad_out = good
+        elif problem == "overlap" and 0 in pred_shape:  # empty arrays cannot overlap
+            case.grad_out = np.empty(_bigger(pred_shape, draw), dtype=case.dtype)
+        elif problem == "overlap":
+            if not isinstance(case.x, np.ndarray) or not case.x.flags.writeable:
+                case.x = np.array(case.x, dtype=case.dtype)
+            case.grad_out = case.x
+        elif problem == "noncontig":
+            big = np.empty(moved.shape[:-1] + (2 * moved.shape[-1] + 1,), dtype=case.dtype)
+            case.grad_out = np.moveaxis(big[..., ::2][..., : moved.shape[-1]], -1, case.axis)
+            if case.grad_out.shape != pred_shape or np.moveaxis(
+                    case.grad_out, case.axis, -1).flags.c_contiguous:
+                case.grad_out = np.empty(_bigger(pred_shape, draw), dtype=case.dtype)
+        elif problem == "list":
+            case.grad_out = good.tolist()
+        else:  # grad_out and inplace together
+            case.grad_out = good
+            case.inplace = True
+            if not isinstance(case.x, np.ndarray) or not case.x.flags.writeable:
+                case.x = np.array(case.x, dtype=case.dtype)
+            case.bad.add("inplace")
+        case.bad.add("grad_out")
+    elif what == "hessian_from_probs":
+        case.from_logits = case.opts["from_logits"] = False
+        case.opts.pop("z_loss", None)
+        case.bad.add("from_logits")
+    return what
+
+
+# ------------------------------------------------------------------------- running
+
+
+def run(case: Case):
+    """Call the library for ``case``; returns what it returned."""
+    opts = dict(case.opts)
+    if case.entry == "function":
+        return FUNCTIONS[case.kind](case.y, case.x, **opts)
+    obj = CLASSES[case.kind](reduction=case.reduction, **opts)
+    if case.entry == "call":
+        return obj(case.y, case.x, case.sample_weight)
+    if case.entry == "loss_and_grad":
+        kw = {}
+        if case.grad_out is not None:
+            kw["grad_out"] = case.grad_out
+        if case.inplace:
+            kw["inplace"] = True
+        return obj.loss_and_grad(case.y, case.x, case.sample_weight, **kw)
+    if case.entry == "gradient":
+        return obj.gradient(case.y, case.x, case.sample_weight)
+    return obj.gradient_hessian(case.y, case.x, case.sample_weight)
+
+
+def oracle(case: Case):
+    """(loss, grad) from the float64 oracle for a valid case."""
+    x = np.asarray(case.x, dtype=np.float64) if not case.inplace else case.x_before
+    opts = {k: v for k, v in case.opts.items() if k != "n_threads"}
+    with np.errstate(all="ignore"):
+        if case.entry == "function":
+            return R.per_sample(case.kind, case.oracle_y, x, **opts), None
+        return R.reference_loss_and_grad(case.kind, case.oracle_y, x, case.oracle_sw,
+                                         reduction=case.reduction, **opts)
+
+
+def _as_output(expected, dtype):
+    """The oracle's float64 array rounded to the output dtype (overflow gives inf)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(expected, dtype=np.float64).astype(dtype)
+
+
+def assert_matches(actual, expected, dtype, what):
+    """Equal up to the dtype's rounding: NaN where NaN, the same infinities, and finite
+    values within rtol of the value itself or, for values far below the array's scale, of
+    that scale (a gradient's near-zero entries carry the absolute error of its big ones)."""
+    rtol = RTOL[np.dtype(dtype)]
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    assert np.array_equal(nan_a, nan_e), (
+        f"{what}: NaN at {np.argwhere(nan_a != nan_e)[:3].tolist()}: got {a[nan_a != nan_e][:3]}"
+        f" expected {e[nan_a != nan_e][:3]}")
+    inf_e = np.isinf(e)
+    assert np.array_equal(a[inf_e], e[inf_e]) and not np.isinf(a[~inf_e]).any(), (
+        f"{what}: infinities differ: got {a[np.isinf(a) | inf_e][:4]} expected "
+        f"{e[np.isinf(a) | inf_e][:4]}")
+    fin = np.isfinite(e)
+    if not fin.any():
+        return
+    scale = max(1.0, float(np.max(np.abs(e[fin]))))
+    # float32 subnormals and values near the rounding boundary: an absolute floor too
+    atol = rtol * scale + (1e-37 if np.dtype(dtype) == np.float32 else 1e-300)
+    err = np.abs(a[fin] - e[fin])
+    ok = err <= rtol * np.abs(e[fin]) + atol
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise AssertionError(
+            f"{what}: {int((~ok).sum())} value(s) differ beyond rtol={rtol}; first: got "
+            f"{a[fin][i]!r} expected {e[fin][i]!r}")
+
+
+def _digest(a):
+    if a is None or isinstance(a, (int, float, str)):
+        return repr(a)
+    arr = np.asarray(a)
+    if arr.dtype.kind == "O":
+        return repr(arr.tolist())
+    return (arr.shape, arr.dtype.str, np.ascontiguousarray(arr).tobytes())
+
+
+def check(case: Case):
+    """Run ``case`` and check the outcome: oracle result or a named TypeError/ValueError."""
+    case.x_before = np.array(case.x, dtype=np.float64) if case.inplace else None
+    before = [_digest(a) for a in (case.x, case.y, case.sample_weight)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # float32 overflow casts
+            result = run(case)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc)
+        assert case.bad, f"valid case raised {type(exc).__name__}: {msg}\n{describe(case)}"
+        assert any(name in msg for name in case.bad), (
+            f"{type(exc).__name__} message does not name any of {sorted(case.bad)}: {msg!r}\n"
+            f"{describe(case)}")
+        return "raised"
+    assert not case.bad, (
+        f"corrupted {sorted(case.bad)} but no error; returned {result!r:.200}\n{describe(case)}")
+
+    after = [_digest(a) for a in (case.x, case.y, case.sample_weight)]
+    assert after[1:] == before[1:], "y_true or sample_weight was modified"
+    if not case.inplace:
+        assert after[0] == before[0], "y_pred was modified"
+
+    loss_exp, grad_exp = oracle(case)
+    dtype = case.dtype
+    out_shape = _batch_shape(case.pred_shape, case.axis)
+    if case.entry == "function":
+        assert isinstance(result, np.ndarray) and result.dtype == dtype, type(result)
+        assert result.shape == out_shape
+        assert_matches(result, _as_output(loss_exp, dtype), dtype, "per-sample loss")
+        return "ok"
+    if case.entry in ("call", "loss_and_grad"):
+        loss = result if case.entry == "call" else result[0]
+        if case.reduction == "none":
+            assert isinstance(loss, np.ndarray) and loss.dtype == dtype
+            assert loss.shape == out_shape
+            assert_matches(loss, _as_output(loss_exp, dtype), dtype, "loss (none)")
+        else:
+            assert type(loss) is float, type(loss)
+            assert_matches(loss, loss_exp, dtype, f"loss ({case.reduction})")
+    if case.entry == "call":
+        return "ok"
+    if case.entry == "loss_and_grad":
+        grad = result[1]
+        if case.grad_out is not None:
+            assert grad is case.grad_out
+        if case.inplace:
+            assert grad is case.x
+    elif case.entry == "gradient":
+        grad = result
+    else:
+        grad, hess = result
+        assert isinstance(hess, np.ndarray) and hess.shape == case.pred_shape
+        assert hess.dtype == dtype
+    assert isinstance(grad, np.ndarray) and grad.dtype == dtype
+    assert grad.shape == case.pred_shape
+    assert_matches(grad, _as_output(grad_exp, dtype), dtype, "gradient")
+    return "ok"
+
+
+def describe(case: Case) -> str:
+    def short(a):
+        if isinstance(a, np.ndarray):
+            return f"ndarray{a.shape} {a.dtype} {np.array2string(a.reshape(-1)[:8])}"
+        return repr(a)[:120]
+
+    opts = {k: short(v) for k, v in case.opts.items()}
+    return (f"kind={case.kind} entry={case.entry} dtype={case.dtype} shape={case.pred_shape} "
+            f"axis={case.axis!r} reduction={case.reduction!r} opts={opts} "
+            f"x={short(case.x)} y={short(case.y)} sw={short(case.sample_weight)} "
+            f"grad_out={short(case.grad_out)} inplace={case.inplace} bad={sorted(case.bad)} "
+            f"notes={case.notes}")
+
+
+# --------------------------------------------------------------------------- tests
+# max_examples: 2,000 + 2,000 + 1,000 = 5,000 in CI.
+
+
+@settings(PROFILE, max_examples=examples(2000))
+@given(case=valid_cases())
+def test_valid_hostile_values_match_oracle(case):
+    """Valid inputs full of NaN / inf / extreme values: the oracle's numbers, bit for bit
+    up to rounding, with the right types, shapes and untouched inputs."""
+    assert check(case) == "ok"
+
+
+@settings(PROFILE, max_examples=examples(2000))
+@given(data=st.data())
+def test_one_corruption_raises_named_error(data):
+    case = data.draw(valid_cases())
+    case.notes.append(data.draw(corruptions(case)))
+    assert check(case) == "raised"
+
+
+@settings(PROFILE, max_examples=examples(1000))
+@given(data=st.data())
+def test_zero_to_two_corruptions(data):
+    case = data.draw(valid_cases())
+    for _ in range(data.draw(st.integers(0, 2))):
+        case.notes.append(data.draw(corruptions(case)))
+    check(case)
+
+
+def test_checker_is_not_blind():
+    """The outcome check rejects a wrong number, an unnamed error and a silent success."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3))
+    case = Case("sparse_categorical", "call", np.dtype(np.float64), (4, 3), -1, True, x,
+                np.array([0, 1, 2, 0]), {"from_logits": True, "axis": -1},
+                reduction="sum", oracle_y=np.array([0, 1, 2, 1]))  # oracle sees other labels
+    with pytest.raises(AssertionError, match="differ"):
+        check(case)
+    case.oracle_y = case.y
+    assert check(case) == "ok"
+    case.bad.add("sample_weight")  # claims a corruption that is not there
+    with pytest.raises(AssertionError, match="no error"):
+        check(case)
+    case.bad = {"class_weight"}
+    case.opts["label_smoothing"] = 2.0  # raises, but names label_smoothing
+    with pytest.raises(AssertionError, match="does not name"):
+        check(case)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_infinite_logits_give_the_limits(dtype):
+    """Binary cross-entropy from +-inf logits: the exact limits, not NaN.
+
+    sigmoid(+inf) = 1 and sigmoid(-inf) = 0 exactly, so the elementwise loss
+    -(pw z log s + (1 - z) log(1 - s)) is 0 when the infinite log is multiplied by an exact 0
+    (x = +inf with z = 1; x = -inf with z = 0 -- the same masking rule as a -inf softmax
+    logit) and +inf otherwise; the gradient s (1 + (pw - 1) z) - pw z is 1 - z at +inf and
+    -pw z at -inf.  (torch.binary_cross_entropy_with_logits and tests/reference.py give NaN
+    for the 0 * inf cases; that is why the hypothesis cases above leave infinite binary logits
+    out.)  Values computed by hand, one element per row.
+    """
+    pw = 2.0
+    x = np.array([[np.inf], [-np.inf], [np.inf], [-np.inf], [0.0], [np.nan]], dtype=dtype)
+    z = np.array([[1.0], [0.0], [0.25], [0.25], [1.0], [0.5]], dtype=dtype)
+    loss = fx.BinaryCrossentropy(from_logits=True, pos_weight=pw, reduction="none")
+    value, grad = loss.loss_and_grad(z, x)
+    expected_loss = np.array([0.0, 0.0, np.inf, np.inf, pw * np.log(2.0), np.nan])
+    expected_grad = np.array([[0.0], [0.0], [0.75], [-0.5], [0.5 * (1 + (pw - 1)) - pw],
+                              [np.nan]])
+    assert_matches(value, expected_loss.astype(dtype), dtype, "loss")
+    assert_matches(grad, expected_grad.astype(dtype), dtype, "grad")

@@ -1,0 +1,199 @@
+"""Thread safety: many Python threads calling fastxent at once on shared inputs.
+
+The kernels release the GIL, keep no global scratch state and write only into buffers the
+Python layer allocated for that call (the one shared structure, the gradient block cache, is
+guarded by a lock), so concurrent calls must give exactly the bits a serial call gives.
+8 threads x 200 calls each, every entry point, OpenMP inside (n_threads=2) and not
+(n_threads=1), the caller's own ``grad_out`` buffers, and calls that raise; and 8 threads
+drawing gradients of 4 MiB and more from the gradient block cache at once.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from test_determinism import assert_same_bits
+from util import logits, probabilities
+
+import fastxent as fx
+
+N_PY_THREADS = 8
+CALLS_PER_THREAD = 200
+
+
+def make_tasks(rng):
+    """A list of (name, callable(grad_buffer) -> result, expected exception or None).
+
+    Every callable reads only the shared (read-only) inputs built here.
+    """
+    x32 = logits(rng, (96, 130), np.float32)
+    x64 = logits(rng, (96, 130), np.float64)
+    p64 = probabilities(rng, (96, 130), np.float64)
+    xb = logits(rng, (40, 3, 17), np.float32)
+    labels = rng.integers(0, 130, size=96)
+    labels_ignore = np.where(rng.random(96) < 0.2, -100, labels)
+    bad_labels = labels.copy()
+    bad_labels[50] = 130
+    soft = rng.dirichlet(np.ones(130), size=96)
+    zb = rng.uniform(size=(40, 3, 17)).astype(np.float32)
+    sw = rng.uniform(0.5, 2.0, size=96)
+    cw = rng.uniform(0.5, 2.0, size=130)
+    for a in (x32, x64, p64, xb, labels, labels_ignore, bad_labels, soft, zb, sw, cw):
+        a.flags.writeable = False
+
+    sparse = fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100,
+                                              class_weight=cw, reduction="mean_with_sample_weight",
+                                              label_smoothing=0.1, n_threads=2)
+    sparse1 = fx.SparseCategoricalCrossentropy(from_logits=True, n_threads=1, z_loss=1e-3)
+    cat = fx.CategoricalCrossentropy(from_logits=False, reduction="sum", n_threads=2)
+    catl = fx.CategoricalCrossentropy(from_logits=True, reduction="none", n_threads=1)
+    binary = fx.BinaryCrossentropy(from_logits=True, axis=1, pos_weight=2.0, n_threads=2,
+                                   reduction="sum_over_batch_size")
+    binary_last = fx.BinaryCrossentropy(from_logits=True, label_smoothing=0.1, n_threads=2,
+                                        reduction="none")
+
+    def grad_into(loss, y, x, w=None):
+        def run(buffers):
+            out = buffers.setdefault((x.shape, x.dtype.str), np.empty_like(x))
+            value, grad = loss.loss_and_grad(y, x, w, grad_out=out)
+            assert grad is out
+            return value, grad.copy()
+        return run
+
+    return [
+        ("sparse f32 lag", lambda b: sparse.loss_and_grad(labels_ignore, x32, sw), None),
+        ("sparse f64 lag", lambda b: sparse.loss_and_grad(labels_ignore, x64, sw), None),
+        ("sparse1 grad_out", grad_into(sparse1, labels, x32), None),
+        ("sparse1 call", lambda b: sparse1(labels, x64), None),
+        ("sparse bad label", lambda b: sparse1(bad_labels, x32), ValueError),
+        ("categorical probs", lambda b: cat.loss_and_grad(soft, p64, sw), None),
+        ("categorical logits none", lambda b: catl.loss_and_grad(soft, x64), None),
+        ("categorical grad_out", grad_into(catl, soft, x64), None),
+        ("binary axis=1", lambda b: binary.loss_and_grad(zb, xb), None),
+        ("binary grad_out", grad_into(binary_last, zb, xb), None),
+        ("binary hessian", lambda b: tuple(binary.gradient_hessian(zb, xb)), None),
+        ("function sparse", lambda b: fx.sparse_categorical_crossentropy(
+            labels, x32, from_logits=True, n_threads=2), None),
+        ("function categorical", lambda b: fx.categorical_crossentropy(
+            soft, p64, label_smoothing=0.2), None),
+        ("function binary", lambda b: fx.binary_crossentropy(zb, xb, from_logits=True), None),
+        ("wrong dtype", lambda b: sparse1(labels, x32.astype(np.float16)), TypeError),
+    ]
+
+
+def run_task(task, buffers):
+    name, fn, exc = task
+    if exc is None:
+        return fn(buffers)
+    with pytest.raises(exc):
+        fn(buffers)
+    return "raised"
+
+
+def start_and_join(worker):
+    """Run ``worker(thread_id)`` in N_PY_THREADS Python threads; fail if one hangs."""
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(N_PY_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+
+
+def test_threads_match_serial(rng):
+    tasks = make_tasks(rng)
+    expected = [run_task(t, {}) for t in tasks]
+    barrier = threading.Barrier(N_PY_THREADS)
+    errors = []
+    mismatches = []
+    done = [0] * N_PY_THREADS
+
+    def worker(tid):
+        buffers = {}  # this thread's own gradient outputs
+        try:
+            barrier.wait()
+            for i in range(CALLS_PER_THREAD):
+                k = (i * 7 + tid * 3) % len(tasks)  # threads interleave different tasks
+                got = run_task(tasks[k], buffers)
+                try:
+                    if isinstance(expected[k], str):
+                        assert got == expected[k]
+                    else:
+                        assert_same_bits(got, expected[k], tasks[k][0])
+                except AssertionError as exc:
+                    mismatches.append(f"thread {tid} call {i} {tasks[k][0]}: {exc}")
+                done[tid] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(f"thread {tid}: {exc!r}")
+
+    start_and_join(worker)
+    assert not errors, errors
+    assert not mismatches, mismatches[:5]
+    assert done == [CALLS_PER_THREAD] * N_PY_THREADS
+
+
+def test_threads_share_one_grad_out_buffer_per_thread_without_cross_talk(rng):
+    """Each thread writes into its own preallocated buffer in a loop; the values in every
+    buffer stay those of its own thread's inputs (no write lands in another thread's buffer)."""
+    loss = fx.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", n_threads=2)
+    inputs = [(rng.integers(0, 64, size=256), logits(rng, (256, 64), np.float32))
+              for _ in range(N_PY_THREADS)]
+    expected = [loss.loss_and_grad(y, x) for y, x in inputs]
+    outs = [np.empty_like(x) for _, x in inputs]
+    barrier = threading.Barrier(N_PY_THREADS)
+    errors = []
+
+    def worker(tid):
+        y, x = inputs[tid]
+        try:
+            barrier.wait()
+            for _ in range(CALLS_PER_THREAD):
+                value, grad = loss.loss_and_grad(y, x, grad_out=outs[tid])
+                assert grad is outs[tid]
+                assert_same_bits((value, grad), expected[tid], f"thread {tid}")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(f"thread {tid}: {exc!r}")
+
+    start_and_join(worker)
+    assert not errors, errors[:3]
+
+
+def test_threads_share_the_gradient_block_cache(rng):
+    """Gradients of 4 MiB and more come from fastxent's block cache (fx_buffer_cache.h), one
+    process-wide pool guarded by a lock.  8 threads allocate and drop such gradients at once,
+    of three shapes with two byte sizes (two shapes share one size, so blocks move between
+    shapes and threads).  Each thread keeps its last two gradients alive and re-checks them
+    after every call: a block handed out twice, or freed while in use, would be overwritten by
+    another call and caught here.  The cache must actually serve blocks (hits go up)."""
+    shapes = [(1024, 1024, np.float32), (512, 2048, np.float32), (512, 2048, np.float64)]
+    loss = fx.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", n_threads=1)
+    inputs = []
+    for tid in range(N_PY_THREADS):
+        n, c, dtype = shapes[tid % len(shapes)]
+        x = logits(rng, (n, c), dtype)
+        x.flags.writeable = False
+        inputs.append((rng.integers(0, c, size=n), x))
+    expected = [loss.loss_and_grad(y, x) for y, x in inputs]
+    # start from an empty cache: blocks of other sizes left by earlier tests fill its slots
+    fx.set_buffer_cache(fx.buffer_cache_info()["limit_bytes"])
+    hits_before = fx.buffer_cache_info()["hits"]
+    barrier = threading.Barrier(N_PY_THREADS)
+    errors = []
+
+    def worker(tid):
+        y, x = inputs[tid]
+        held = []
+        try:
+            barrier.wait()
+            for i in range(60):
+                value, grad = loss.loss_and_grad(y, x)
+                assert_same_bits((value, grad), expected[tid], f"thread {tid} call {i}")
+                for old in held:
+                    assert_same_bits(old, expected[tid][1], f"thread {tid}: a held gradient")
+                held = [*held[-1:], grad]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(f"thread {tid}: {exc!r}")
+
+    start_and_join(worker)
+    assert not errors, errors[:3]
+    assert fx.buffer_cache_info()["hits"] > hits_before
