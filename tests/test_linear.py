@@ -15,7 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import reference as R
-from util import DTYPES, assert_close, central_difference
+from util import DTYPES, assert_close, central_difference, unaligned
 
 import fastxent as fx
 from fastxent.linear import (
@@ -202,6 +202,20 @@ def test_deterministic_across_threads(rng):
                                             n_threads=2)
         for a, c in zip(one, two, strict=True):
             np.testing.assert_array_equal(a, c)
+
+
+def test_misaligned_inputs_give_the_aligned_results(rng):
+    """Labels, weights and arrays at odd addresses (rebuilt from bytes) are copied aligned
+    before they reach the kernels, with the results of aligned inputs."""
+    hidden, weight, labels, b = make_problem(rng, np.float64, shape=(40,), d=8, vocab=300)
+    sw = rng.uniform(size=40)
+    want = linear_cross_entropy_and_grad(hidden, weight, labels, b, sample_weight=sw,
+                                         chunk_size=(16, 64))
+    got = linear_cross_entropy_and_grad(unaligned(hidden), unaligned(weight), unaligned(labels),
+                                        unaligned(b), sample_weight=unaligned(sw),
+                                        chunk_size=(16, 64))
+    for a, c in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, c)
 
 
 # ---------------------------------------------------------------------------------- layout

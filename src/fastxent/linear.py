@@ -50,6 +50,7 @@ from fastxent._config import resolve_n_threads
 from fastxent._validation import (
     FLOAT_DTYPES,
     as_float_array,
+    as_kernel_array,
     as_labels,
     broadcast_sample_weight,
     check_fraction,
@@ -164,7 +165,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
             raise ValueError(
                 f"bias has shape {b.shape}, expected ({n_vocab},) (weight.shape[0])"
             )
-        b = np.ascontiguousarray(b)
+        b = as_kernel_array(b)
 
     batch_shape = h.shape[:-1]
     y = np.asarray(labels)
@@ -186,15 +187,15 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
             f"labels: label {y_flat[i].item()} at position {pos} is outside [0, {n_vocab}) "
             f"({int(np.size(ok) - np.count_nonzero(ok))} label(s) out of range)"
         )
-    lab = np.ascontiguousarray(y_flat, dtype=np.int64)
+    lab = as_kernel_array(y_flat, dtype=np.int64)
 
     weights = broadcast_sample_weight(sample_weight, batch_shape)
-    weights = None if weights is None else np.ascontiguousarray(weights).reshape(-1)
+    weights = None if weights is None else as_kernel_array(weights).reshape(-1)
     valid = (lab != ignore_class) if ignore_class is not None else None
     plan = _engine._plan(reduction, lab.size, weights, valid, None)
 
-    h2 = np.ascontiguousarray(h).reshape(-1, d)
-    w2 = np.ascontiguousarray(w)
+    h2 = as_kernel_array(h).reshape(-1, d)
+    w2 = as_kernel_array(w)
     rows, vocab = _blocks(chunk_size, h2.shape[0], n_vocab, h.dtype.itemsize)
     return dict(
         h=h, h2=h2, w2=w2, b=b, lab=lab, plan=plan, valid=valid, batch_shape=batch_shape,
