@@ -18,7 +18,7 @@ by TwoSum; exp within 1 ulp, log1p within 4 ulp of float), every sum in float64.
 import numpy as np
 import pytest
 import reference as R
-from util import assert_close, binary_targets, logits, soft_targets, sparse_labels
+from util import CLASSES, assert_close, logits, make_data
 
 import fastxent as fx
 from fastxent import _softmax
@@ -33,21 +33,8 @@ SPLIT_WIDTH = SPLIT + CHUNK // 2 + 3  # a last chunk of odd length
 
 
 def _case(kind, rng, shape, dtype, ignore=None):
-    x = logits(rng, shape, dtype)
-    if kind == "sparse_categorical":
-        y = sparse_labels(rng, shape, ignore_class=ignore)
-    elif kind == "categorical":
-        y = soft_targets(rng, shape, dtype=dtype)
-    else:
-        y = binary_targets(rng, shape, dtype=dtype)
-    return y, x
+    return make_data(rng, kind, shape, -1, dtype, True, ignore)
 
-
-CLASSES = {
-    "sparse_categorical": fx.SparseCategoricalCrossentropy,
-    "categorical": fx.CategoricalCrossentropy,
-    "binary": fx.BinaryCrossentropy,
-}
 
 OPTIONS = {
     "sparse_categorical": [

@@ -13,13 +13,16 @@ import numpy as np
 import pytest
 import reference as R
 from util import (
+    CLASSES,
     DTYPES,
+    FUNCTIONS,
     assert_close,
     batch_shape,
     binary_probabilities,
     binary_targets,
     central_difference,
     logits,
+    make_data,
     probabilities,
     soft_targets,
     sparse_labels,
@@ -27,16 +30,6 @@ from util import (
 
 import fastxent as fx
 
-FUNCTIONS = {
-    "categorical": fx.categorical_crossentropy,
-    "sparse_categorical": fx.sparse_categorical_crossentropy,
-    "binary": fx.binary_crossentropy,
-}
-CLASSES = {
-    "categorical": fx.CategoricalCrossentropy,
-    "sparse_categorical": fx.SparseCategoricalCrossentropy,
-    "binary": fx.BinaryCrossentropy,
-}
 REDUCTIONS = ["none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight"]
 N_THREADS = [1, 2]
 
@@ -92,23 +85,6 @@ def make_options(kind, variant, n_classes, from_logits, rng):
     if variant in ("pos_vector", "all") and kind == "binary":
         opts["pos_weight"] = rng.uniform(0.3, 4.0, size=n_classes)
     return opts
-
-
-def make_data(rng, kind, shape, axis, dtype, from_logits, ignore_class=None):
-    """y_true and y_pred for a case; targets in y_pred's dtype for the dense kinds."""
-    if kind == "categorical":
-        y = soft_targets(rng, shape, axis=axis, dtype=dtype)
-    elif kind == "sparse_categorical":
-        y = sparse_labels(rng, shape, axis=axis, ignore_class=ignore_class)
-    else:
-        y = binary_targets(rng, shape, dtype=dtype)
-    if from_logits:
-        x = logits(rng, shape, dtype=dtype)
-    elif kind == "binary":
-        x = binary_probabilities(rng, shape, dtype=dtype)
-    else:
-        x = probabilities(rng, shape, dtype=dtype)
-    return y, x
 
 
 def oracle(kind, y, x, sw=None, **opts):

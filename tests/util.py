@@ -86,6 +86,23 @@ def binary_probabilities(rng, shape, dtype=np.float64):
     return rng.uniform(0.02, 0.98, size=shape).astype(dtype)
 
 
+def make_data(rng, kind, shape, axis, dtype, from_logits, ignore_class=None):
+    """y_true and y_pred for a case; targets in y_pred's dtype for the dense kinds."""
+    if kind == "categorical":
+        y = soft_targets(rng, shape, axis=axis, dtype=dtype)
+    elif kind == "sparse_categorical":
+        y = sparse_labels(rng, shape, axis=axis, ignore_class=ignore_class)
+    else:
+        y = binary_targets(rng, shape, dtype=dtype)
+    if from_logits:
+        x = logits(rng, shape, dtype=dtype)
+    elif kind == "binary":
+        x = binary_probabilities(rng, shape, dtype=dtype)
+    else:
+        x = probabilities(rng, shape, dtype=dtype)
+    return y, x
+
+
 def batch_shape(pred_shape, axis):
     return tuple(np.delete(np.array(pred_shape), axis % len(pred_shape)).tolist())
 
