@@ -139,3 +139,12 @@ def test_old_sizes_age_out(rng):
         del g
         gc.collect()
     assert fx.buffer_cache_info()["hits"] == hits + 3
+
+
+def test_show_config_reports_the_cache(capsys):
+    fx.set_buffer_cache(256 * 2**20)
+    fx.show_config()
+    assert "buffer_cache:" in capsys.readouterr().out.replace("  ", " ")
+    assert "256 MiB in all" in fx._config.config_dict()["buffer_cache"]
+    fx.set_buffer_cache(0)
+    assert fx._config.config_dict()["buffer_cache"] == "off"

@@ -104,11 +104,23 @@ def config_dict() -> dict:
         "compiler": flags["compiler"],
         "cflags": flags["cflags"],
         "ldflags": flags["ldflags"],
+        "buffer_cache": _buffer_cache_text(),
     }
 
 
+def _buffer_cache_text() -> str:
+    from fastxent._cache import buffer_cache_info
+
+    info = buffer_cache_info()
+    if not info["limit_bytes"]:
+        return "off"
+    return (f"up to {info['slots']} blocks >= {info['min_block_bytes'] >> 20} MiB, "
+            f"{info['limit_bytes'] >> 20} MiB in all ({info['held_bytes'] >> 20} MiB held)")
+
+
 def show_config() -> None:
-    """Print version, OpenMP status, default thread count, instruction-set path and flags."""
+    """Print version, OpenMP status, default thread count, instruction-set path, compile
+    flags and the gradient block cache."""
     for key, value in config_dict().items():
         print(f"{key + ':':<19}{value}")
 
