@@ -36,11 +36,8 @@ from dask.array.core import PerformanceWarning  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from util import (  # noqa: E402
     assert_close,
-    binary_targets,
     logits,
-    probabilities,
-    soft_targets,
-    sparse_labels,
+    make_data,
 )
 
 import fastxent as fx  # noqa: E402
@@ -115,20 +112,9 @@ def fresh_client(client):
 
 
 def make_case(rng, kind, shape, axis, dtype, from_logits=True, ignore_class=None):
-    """(y_true, y_pred) NumPy arrays for a kind of loss."""
-    if kind == "categorical":
-        y = soft_targets(rng, shape, axis=axis, dtype=dtype)
-    elif kind == "sparse":
-        y = sparse_labels(rng, shape, axis=axis, ignore_class=ignore_class)
-    else:
-        y = binary_targets(rng, shape, dtype=dtype)
-    if from_logits:
-        x = logits(rng, shape, dtype=dtype)
-    elif kind == "binary":
-        x = rng.uniform(0.02, 0.98, size=shape).astype(dtype)
-    else:
-        x = probabilities(rng, shape, axis=axis, dtype=dtype)
-    return y, x
+    """(y_true, y_pred) NumPy arrays for a kind ("sparse" is util's "sparse_categorical")."""
+    util_kind = "sparse_categorical" if kind == "sparse" else kind
+    return make_data(rng, util_kind, shape, axis, dtype, from_logits, ignore_class)
 
 
 def options(kind, n_classes, rng, from_logits=True):

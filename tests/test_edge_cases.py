@@ -13,6 +13,7 @@ from util import (
     assert_close,
     binary_targets,
     logits,
+    make_data,
     one_hot_targets,
     probabilities,
     soft_targets,
@@ -30,19 +31,7 @@ def oracle(kind, y, x, sw=None, **opts):
 
 
 def data(rng, kind, shape, dtype=np.float64, from_logits=True, axis=-1):
-    if kind == "categorical":
-        y = soft_targets(rng, shape, axis=axis, dtype=dtype)
-    elif kind == "sparse_categorical":
-        y = sparse_labels(rng, shape, axis=axis)
-    else:
-        y = binary_targets(rng, shape, dtype=dtype)
-    if from_logits:
-        x = logits(rng, shape, dtype=dtype)
-    elif kind == "binary":
-        x = rng.uniform(0.02, 0.98, size=shape).astype(dtype)
-    else:
-        x = probabilities(rng, shape, axis=axis, dtype=dtype)
-    return y, x
+    return make_data(rng, kind, shape, axis, dtype, from_logits)
 
 
 def check_against_oracle(kind, y, x, sw=None, reductions=REDUCTIONS, **opts):
