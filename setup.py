@@ -14,7 +14,7 @@ FASTXENT_DEBUG=1
 Compile flags are chosen for exact IEEE semantics and portability: never ``-ffast-math``,
 ``-Ofast``, ``-ffinite-math-only`` or ``-march=native``.  ``-ffp-contract=off`` keeps the
 compiler from fusing multiply-adds, so that every instruction-set path (chosen at run time,
-see ``cython_src/fastxent/xent_isa.h``) produces bitwise identical results.
+see ``cython_src/fastxent/xent_kernels.h``) produces bitwise identical results.
 """
 
 import os
@@ -119,24 +119,24 @@ def main():
 
     include_dirs = [np.get_include(), os.path.join(HERE, "cython_src", "fastxent"), GENERATED]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    names = ["_openmp_helpers", "_softmax", "_sigmoid", "_buffers"]
     kernel_dir = os.path.join("cython_src", "fastxent")
     # the C kernels the modules include: a change to any of them rebuilds the extensions
     headers = sorted(
         os.path.join(kernel_dir, f) for f in os.listdir(kernel_dir) if f.endswith((".h", ".inc"))
     )
+    # One extension: the C kernels are compiled once, every C function is static and the
+    # module exports only its init function (-fvisibility=hidden).
     extensions = [
         Extension(
-            f"fastxent.{name}",
-            [os.path.join("cython_src", "fastxent", f"{name}.pyx")],
+            "fastxent._kernels",
+            [os.path.join(kernel_dir, "_kernels.pyx")],
             include_dirs=include_dirs,
             define_macros=macros,
-            extra_compile_args=compile_args,
+            extra_compile_args=[*compile_args, "-fvisibility=hidden"],
             extra_link_args=link_args,
             libraries=["m"],
             depends=headers,
         )
-        for name in names
     ]
     setup(
         ext_modules=cythonize(

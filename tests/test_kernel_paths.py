@@ -1,7 +1,7 @@
 """Every kernel path against the oracle, bitwise determinism across threads and instruction
 sets on each path, and the accuracy of the kernels' own elementary functions.
 
-The kernels choose a path by the row length only (``fastxent._softmax``: ``SHORT_ROWS``,
+The kernels choose a path by the row length only (``fastxent._kernels``: ``SHORT_ROWS``,
 ``SPLIT_MIN``, ``SPLIT_CHUNK``):
 
 * softmax rows of at most ``SHORT_ROWS`` classes: groups of rows transposed so that the vector
@@ -21,11 +21,11 @@ import reference as R
 from util import CLASSES, assert_close, logits, make_data
 
 import fastxent as fx
-from fastxent import _softmax
+from fastxent import _kernels
 
-SHORT = _softmax.SHORT_ROWS
-SPLIT = _softmax.SPLIT_MIN
-CHUNK = _softmax.SPLIT_CHUNK
+SHORT = _kernels.SHORT_ROWS
+SPLIT = _kernels.SPLIT_MIN
+CHUNK = _kernels.SPLIT_CHUNK
 
 # class counts on each side of every path boundary
 SOFTMAX_WIDTHS = [1, 2, 7, SHORT, SHORT + 1, 33, 1000]
@@ -179,7 +179,7 @@ def test_expf_shifted_within_one_ulp(shift):
     m = np.float32(shift)
     x = (np.linspace(-110.0, 0.0, 400_001) + np.float64(m)).astype(np.float32)
     x = x[x <= m]
-    got = _softmax._elementary("expf", x, float(m))
+    got = _kernels.elementary("expf", x, float(m))
     exact = np.exp(x.astype(np.float64) - np.float64(m))  # exact shift in float64
     normal = exact >= np.finfo(np.float32).tiny
     assert _ulp_error(got[normal], exact[normal], np.float32).max() <= 1.0
@@ -187,7 +187,7 @@ def test_expf_shifted_within_one_ulp(shift):
     tiny = ~normal
     assert np.abs(got[tiny] - exact[tiny]).max() <= np.float64(2.0**-149)
     special = np.array([-np.inf, np.nan, m, np.float32(m) - 200], dtype=np.float32)
-    out = _softmax._elementary("expf", special, float(m))
+    out = _kernels.elementary("expf", special, float(m))
     assert out[0] == 0.0 and np.isnan(out[1]) and out[2] == 1.0 and out[3] == 0.0
 
 
@@ -195,7 +195,7 @@ def test_expf_shift_is_exact():
     """exp(x - m) keeps full accuracy where x - m rounds in float32 (x tiny, m large)."""
     m = np.float32(30.000002)
     x = np.float32(1e-6) * np.arange(1, 1000, dtype=np.float32)
-    got = _softmax._elementary("expf", x, float(m))
+    got = _kernels.elementary("expf", x, float(m))
     exact = np.exp(x.astype(np.float64) - np.float64(m))
     assert _ulp_error(got, exact, np.float32).max() <= 1.0
 
@@ -204,18 +204,18 @@ def test_log1pf_and_reciprocal_within_four_ulp():
     """log1p(y) and 1 / (1 + y) share one division (fx_log1pf_recip): a few ulp of float."""
     y = np.linspace(0.0, 1.0, 400_001).astype(np.float32)[1:]
     y64 = y.astype(np.float64)
-    assert _ulp_error(_softmax._elementary("log1pf", y), np.log1p(y64), np.float32).max() <= 4.0
-    assert _ulp_error(_softmax._elementary("recipf", y), 1.0 / (1.0 + y64), np.float32).max() <= 3.0
-    out = _softmax._elementary("log1pf", np.array([0.0, np.nan], dtype=np.float32))
+    assert _ulp_error(_kernels.elementary("log1pf", y), np.log1p(y64), np.float32).max() <= 4.0
+    assert _ulp_error(_kernels.elementary("recipf", y), 1.0 / (1.0 + y64), np.float32).max() <= 3.0
+    out = _kernels.elementary("log1pf", np.array([0.0, np.nan], dtype=np.float32))
     assert out[0] == 0.0 and np.isnan(out[1])
 
 
 def test_double_elementary_functions(rng):
     x = -np.abs(rng.standard_normal(200_000)) * 30
-    assert _ulp_error(_softmax._elementary("exp", x), np.exp(x), np.float64).max() <= 2.0
+    assert _ulp_error(_kernels.elementary("exp", x), np.exp(x), np.float64).max() <= 2.0
     y = rng.random(200_000)
-    assert _ulp_error(_softmax._elementary("log1p", y), np.log1p(y), np.float64).max() <= 2.0
+    assert _ulp_error(_kernels.elementary("log1p", y), np.log1p(y), np.float64).max() <= 2.0
     p = np.exp(rng.uniform(-30, 30, 200_000))
     lp = np.log(p)
     nz = lp != 0
-    assert _ulp_error(_softmax._elementary("log", p)[nz], lp[nz], np.float64).max() <= 2.0
+    assert _ulp_error(_kernels.elementary("log", p)[nz], lp[nz], np.float64).max() <= 2.0

@@ -1,22 +1,25 @@
 /*
- * fastxent's compiled kernels: blocks of rows of a C-contiguous (rows, classes) buffer.
+ * fastxent's compiled kernels: one translation unit (the fastxent._kernels extension), every
+ * function static, one instruction-set state.
  *
  * Layout of the C side
- *   xent_math.h    vectorizable exp / log1p / log in double precision
- *   xent_rows.inc  per-row kernels, instantiated for float and double (FX_T)
- *   xent_blocks.inc  block-of-rows entry points, instantiated per element type and per
- *                  instruction set (baseline x86-64, AVX2, AVX-512)
- *   this file      parameters, instantiation and run-time dispatch
+ *   xent_math.h      vectorizable exp / log1p / log (float and double)
+ *   xent_rows.inc    per-row kernels, instantiated for float and double (FX_T)
+ *   xent_blocks_t.inc  block-of-rows kernels and the OpenMP runners, instantiated per element
+ *                    type and per instruction set (baseline x86-64, AVX2, AVX-512) through
+ *                    xent_blocks.inc
+ *   this file        parameters, the call description (fx_job), instantiation and run-time
+ *                    dispatch: fx_softmax() and fx_sigmoid() are the only ways in.
  *
- * The Cython modules run `prange` over row blocks and call the fx_* dispatchers below, which
- * jump to the variant for the instruction set selected by fx_set_isa() (the best the CPU
- * supports, or the one forced by FASTXENT_ISA).  With -ffp-contract=off and fixed-lane sums
- * all variants return the same bits.
+ * fx_softmax / fx_sigmoid pick the runner of the job's element type on the instruction set
+ * selected by fx_set_isa() (the best the CPU supports, or the one forced by FASTXENT_ISA).
+ * With -ffp-contract=off and fixed-lane sums all variants return the same bits.
  */
 #ifndef FASTXENT_XENT_KERNELS_H
 #define FASTXENT_XENT_KERNELS_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include "xent_math.h"
 
@@ -56,6 +59,68 @@ FX_INLINE double fx_lanes_total(const double *a)
     double s4[4];
     for (int j = 0; j < 4; j++) s4[j] = s8[j] + s8[j + 4];
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+/* One call of a kernel family over a C-contiguous (n_rows, n_cols) buffer: the only way in.
+ * Pointers of the element type `dtype` are passed as void *; NULL means "not wanted" (grad,
+ * hess, lse, gscale, labels) or "not used" (target with labels, labels with targets). */
+typedef struct {
+    int dtype;              /* FX_FLOAT32 or FX_FLOAT64 */
+    int from_logits;
+    int n_threads;          /* upper bound of the OpenMP team (see fx_team_size) */
+    int64_t n_rows, n_cols;
+    const void *x;          /* logits or probabilities */
+    void *grad;             /* gradient, shape of x; may be x itself (in place) */
+    void *hess;             /* Hessian diagonal, shape of x */
+    const void *target;     /* soft targets (softmax) or binary targets (sigmoid), shape of x */
+    const int64_t *labels;  /* integer labels, one per row (softmax) */
+    const double *gscale;   /* per-row gradient factor (times P.gs0) */
+    double *loss;           /* per-row loss, always written */
+    double *lse;            /* per-row log-sum-exp (softmax from logits) */
+    fx_params P;
+} fx_job;
+
+#define FX_FLOAT32 0
+#define FX_FLOAT64 1
+#define FX_NO_MEMORY (-1)   /* a runner's return value when its scratch could not be allocated */
+#define FX_BLOCK_ELEMENTS 32768  /* elements per block of rows handed to one thread at a time */
+#define FX_TEAM_ELEMENTS 65536   /* at most one thread per this many elements */
+
+static inline int64_t fx_rows_per_block(int64_t n)
+{
+    int64_t b = FX_BLOCK_ELEMENTS / (n > 0 ? n : 1);
+    return b > 0 ? b : 1;
+}
+
+/* Threads for a loop over n_items blocks holding n_elements in all: never more than there are
+ * blocks, nor than one per FX_TEAM_ELEMENTS elements (a smaller share costs less than waking
+ * a thread, and far less than waiting for one on a busy machine).  Results do not depend on
+ * it: the blocks are the same for any team. */
+static inline int fx_team_size(int n_threads, int64_t n_items, int64_t n_elements)
+{
+    int64_t t = n_threads;
+    int64_t by_work = n_elements / FX_TEAM_ELEMENTS;
+    if (t > n_items) t = n_items;
+    if (t > by_work) t = by_work;
+    return (int)(t > 0 ? t : 1);
+}
+
+/* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES fixed lanes combined in a fixed order:
+ * the one float64 summation of the reductions (losses, weights, denominators). */
+static double fx_dot_lanes(const double *a, const double *w, int64_t n)
+{
+    double acc[FX_LANES] = {0.0};
+    int64_t i = 0;
+    if (w == NULL) {
+        for (; i + FX_LANES <= n; i += FX_LANES)
+            for (int j = 0; j < FX_LANES; j++) acc[j] += a[i + j];
+        for (int j = 0; i + j < n; j++) acc[j] += a[i + j];
+    } else {
+        for (; i + FX_LANES <= n; i += FX_LANES)
+            for (int j = 0; j < FX_LANES; j++) acc[j] += a[i + j] * w[i + j];
+        for (int j = 0; i + j < n; j++) acc[j] += a[i + j] * w[i + j];
+    }
+    return fx_lanes_total(acc);
 }
 
 #define FX_T float
@@ -126,54 +191,29 @@ static int fx_set_isa(int level)
 
 static int fx_get_isa(void) { return fx_isa_level; }
 
+typedef int64_t (*fx_runner)(const fx_job *);
+
 #if FX_HAVE_DISPATCH
-#define FX_DISPATCH(name, args)                          \
-    switch (fx_isa_level) {                              \
-    case 2: return name##_avx512 args;                   \
-    case 1: return name##_avx2 args;                     \
-    default: return name##_base args;                    \
-    }
+#define FX_RUNNERS(name) { { name##_f32_base, name##_f64_base }, { name##_f32_avx2, name##_f64_avx2 }, \
+                           { name##_f32_avx512, name##_f64_avx512 } }
 #else
-#define FX_DISPATCH(name, args) return name##_base args;
+#define FX_RUNNERS(name) { { name##_f32_base, name##_f64_base } }
 #endif
+static const fx_runner fx_softmax_runners[][2] = FX_RUNNERS(fx_softmax_run);
+static const fx_runner fx_sigmoid_runners[][2] = FX_RUNNERS(fx_sigmoid_run);
 
-#define FX_DECLARE_DISPATCHERS(T, S)                                                          \
-static int64_t fx_softmax_logits_rows_##S(const T *x, T *g, T *h, const T *t,               \
-        const int64_t *labels, int64_t n, int64_t r0, int64_t r1, const fx_params *P,          \
-        const double *gscale, double *loss, double *lse)                                       \
-{ FX_DISPATCH(fx_softmax_logits_rows_##S, (x, g, h, t, labels, n, r0, r1, P, gscale, loss, lse)) } \
-static int64_t fx_softmax_probs_rows_##S(const T *x, T *g, const T *t,                        \
-        const int64_t *labels, int64_t n, int64_t r0, int64_t r1, const fx_params *P,          \
-        const double *gscale, double *loss)                                                    \
-{ FX_DISPATCH(fx_softmax_probs_rows_##S, (x, g, t, labels, n, r0, r1, P, gscale, loss)) }    \
-static void fx_softmax_chunk_stats_##S(const T *x, T *g, int64_t n, double *m, double *s)     \
-{ FX_DISPATCH(fx_softmax_chunk_stats_##S, (x, g, n, m, s)) }                                  \
-static void fx_scale_##S(T *g, int64_t n, double a)                                           \
-{ FX_DISPATCH(fx_scale_##S, (g, n, a)) }                                                       \
-static void fx_sigmoid_logits_rows_##S(const T *x, const T *z, T *g, T *h, int64_t n,         \
-        int64_t r0, int64_t r1, const fx_params *P, const double *gscale, double *loss)        \
-{ FX_DISPATCH(fx_sigmoid_logits_rows_##S, (x, z, g, h, n, r0, r1, P, gscale, loss)) }         \
-static void fx_sigmoid_probs_rows_##S(const T *x, const T *z, T *g, int64_t n,                \
-        int64_t r0, int64_t r1, const fx_params *P, const double *gscale, double *loss)        \
-{ FX_DISPATCH(fx_sigmoid_probs_rows_##S, (x, z, g, n, r0, r1, P, gscale, loss)) }         \
-static double fx_sigmoid_chunk_##S(const T *x, const T *z, T *g, T *h, int64_t n,              \
-        int64_t item, int64_t nch, int from_logits, const fx_params *P, const double *gscale)   \
-{ FX_DISPATCH(fx_sigmoid_chunk_##S, (x, z, g, h, n, item, nch, from_logits, P, gscale)) }    \
-static void fx_softmax_split_stats_##S(const T *x, const T *t, const int64_t *labels,           \
-        int64_t n, int64_t item, int64_t nch, const fx_params *P, double *st)                  \
-{ FX_DISPATCH(fx_softmax_split_stats_##S, (x, t, labels, n, item, nch, P, st)) }              \
-static void fx_softmax_split_grad_##S(const T *x, T *g, const T *t, const int64_t *labels,      \
-        int64_t n, int64_t item, int64_t nch, const fx_params *P, const double *gscale,        \
-        const double *st, const double *rowT, const int8_t *status)                            \
-{ FX_DISPATCH(fx_softmax_split_grad_##S, (x, g, t, labels, n, item, nch, P, gscale, st, rowT, \
-                                          status)) }                                           \
-static int64_t fx_softmax_split_combine_##S(const int64_t *labels, int64_t n, int64_t nch,      \
-        int64_t r, const fx_params *P, const double *gscale, double *st, double *loss,         \
-        double *lse, double *rowT, int8_t *status)                                             \
-{ FX_DISPATCH(fx_softmax_split_combine_##S, (labels, n, nch, r, P, gscale, st, loss, lse,     \
-                                             rowT, status)) }
+/* Softmax cross-entropy (labels or soft targets, from logits or probabilities) on the selected
+ * instruction-set path.  Returns the number of labels outside [0, n_cols) that were not
+ * ignored (their rows hold NaN and a zero gradient), or FX_NO_MEMORY. */
+static int64_t fx_softmax(const fx_job *J)
+{
+    return fx_softmax_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
+}
 
-FX_DECLARE_DISPATCHERS(float, f32)
-FX_DECLARE_DISPATCHERS(double, f64)
+/* Binary cross-entropy, the mean over each row.  Returns 0, or FX_NO_MEMORY. */
+static int64_t fx_sigmoid(const fx_job *J)
+{
+    return fx_sigmoid_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
+}
 
 #endif /* FASTXENT_XENT_KERNELS_H */

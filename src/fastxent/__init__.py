@@ -20,6 +20,7 @@ from fastxent._config import (  # noqa: E402
     set_isa,
     show_config,
 )
+from fastxent._errors import LabelRangeError  # noqa: E402
 from fastxent.linear import (  # noqa: E402
     linear_cross_entropy,
     linear_cross_entropy_and_grad,
@@ -48,6 +49,7 @@ __all__ = [
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "perplexity",
+    "LabelRangeError",
     "show_config",
     "openmp_enabled",
     "get_isa",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from fastxent import _buffers
+from fastxent import _kernels
 
 DEFAULT_LIMIT_BYTES = 1 << 30
 
@@ -39,12 +39,12 @@ def set_buffer_cache(max_bytes: int) -> None:
         raise TypeError(f"max_bytes must be an int (bytes), got {type(max_bytes).__name__}")
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-    _buffers.configure(max_bytes)
+    _kernels.configure_cache(max_bytes)
 
 
 def buffer_cache_info() -> dict:
     """The cache's limit, bytes held now, block-size floor, slots, hits and misses."""
-    return dict(_buffers.info())
+    return dict(_kernels.cache_info())
 
 
 def _init_buffer_cache_from_env() -> None:

@@ -10,15 +10,14 @@ import warnings
 
 import numpy as np
 
-from fastxent import _openmp_helpers, _sigmoid, _softmax
+from fastxent import _kernels
 
 ISA_NAMES = ("baseline", "avx2", "avx512")
-_KERNEL_MODULES = (_softmax, _sigmoid)
 
 
 def openmp_enabled() -> bool:
     """True when the kernels were compiled with OpenMP (multi-threaded)."""
-    return _openmp_helpers.openmp_enabled()
+    return _kernels.openmp_enabled()
 
 
 def resolve_n_threads(n_threads) -> int:
@@ -28,7 +27,7 @@ def resolve_n_threads(n_threads) -> int:
     processor available to the process; a positive int: that many.
     """
     if n_threads is None:
-        return max(1, _openmp_helpers.max_threads())
+        return max(1, _kernels.max_threads())
     if isinstance(n_threads, bool | np.bool_):
         raise TypeError(f"n_threads must be None or an int, got {n_threads!r}")
     try:
@@ -38,7 +37,7 @@ def resolve_n_threads(n_threads) -> int:
             f"n_threads must be None or an int, got {type(n_threads).__name__}"
         ) from None
     if n == -1:
-        return max(1, _openmp_helpers.num_procs())
+        return max(1, _kernels.num_procs())
     if n < 1:
         raise ValueError(f"n_threads must be a positive int, -1 (all cores) or None, got {n}")
     return n
@@ -46,12 +45,12 @@ def resolve_n_threads(n_threads) -> int:
 
 def cpu_isa() -> str:
     """Best instruction-set path this CPU supports: 'baseline', 'avx2' or 'avx512'."""
-    return ISA_NAMES[_softmax.cpu_isa()]
+    return ISA_NAMES[_kernels.cpu_isa()]
 
 
 def get_isa() -> str:
     """Instruction-set path in use."""
-    return ISA_NAMES[_softmax.get_isa()]
+    return ISA_NAMES[_kernels.get_isa()]
 
 
 def set_isa(name: str) -> str:
@@ -61,20 +60,19 @@ def set_isa(name: str) -> str:
     Raises ValueError for an unknown name or a path this CPU does not support.
     """
     if name == "auto":
-        level = _softmax.cpu_isa()
+        level = _kernels.cpu_isa()
     elif name in ISA_NAMES:
         level = ISA_NAMES.index(name)
     else:
         raise ValueError(f"isa must be one of {ISA_NAMES + ('auto',)}, got {name!r}")
-    if level > _softmax.cpu_isa():
+    if level > _kernels.cpu_isa():
         raise ValueError(f"isa {name!r} is not supported by this CPU (best: {cpu_isa()!r})")
-    for mod in _KERNEL_MODULES:
-        mod.set_isa(level)
+    _kernels.set_isa(level)
     return ISA_NAMES[level]
 
 
 def available_isas() -> list[str]:
-    return list(ISA_NAMES[: _softmax.cpu_isa() + 1])
+    return list(ISA_NAMES[: _kernels.cpu_isa() + 1])
 
 
 def _init_isa_from_env() -> None:
@@ -89,7 +87,7 @@ def _init_isa_from_env() -> None:
 def config_dict() -> dict:
     from fastxent import __version__
 
-    flags = _openmp_helpers.build_flags()
+    flags = _kernels.build_flags()
     return {
         "fastxent": __version__,
         "python": sys.version.split()[0],
@@ -98,7 +96,7 @@ def config_dict() -> dict:
         "cpu": _cpu_model(),
         "openmp": openmp_enabled(),
         "default_n_threads": resolve_n_threads(None),
-        "num_procs": _openmp_helpers.num_procs(),
+        "num_procs": _kernels.num_procs(),
         "isa": get_isa(),
         "cpu_isa": cpu_isa(),
         "compiler": flags["compiler"],

@@ -45,8 +45,10 @@ import numbers
 
 import numpy as np
 
-from fastxent import _engine, _softmax
+from fastxent import _dispatch, _reduction
 from fastxent._config import resolve_n_threads
+from fastxent._errors import LabelRangeError
+from fastxent._options import softmax_options
 from fastxent._validation import (
     FLOAT_DTYPES,
     as_float_array,
@@ -69,18 +71,10 @@ _MIN_FULL_VOCAB_ROWS = 256
 _SPLIT_VOCAB_ROWS = 1024
 #: Bound on the scratch of the d_weight update (a slice of the vocabulary x d).
 _DW_SCRATCH_BYTES = 4 * 2**20
-#: Elements per block of rows handed to one thread by the softmax kernel (its BLOCK_ELEMENTS).
-_KERNEL_BLOCK_ELEMENTS = 32768
-
-
-def _kernel_threads(n_threads: int, n_rows: int, n_cols: int) -> int:
-    """Threads worth starting for one kernel call: no more than its blocks of rows.
-
-    (An OpenMP region whose extra threads have nothing to do still pays their start-up and
-    barrier, which on a busy machine costs milliseconds per call.)
-    """
-    rows_per_block = max(1, _KERNEL_BLOCK_ELEMENTS // max(1, n_cols))
-    return max(1, min(n_threads, -(-n_rows // rows_per_block)))
+#: Kernel options of the vocabulary-block passes: plain labels, no smoothing or z-loss (the
+#: block results are combined here), and label -1 marking rows the kernel must zero.
+_PLAIN = softmax_options(sparse=True, from_logits=True)
+_PLAIN_MASKED = softmax_options(sparse=True, from_logits=True, ignore_class=-1)
 
 
 def _check_ignore_class(ignore_class):
@@ -183,16 +177,17 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     if not np.all(ok):
         i = int(np.argmin(ok))
         pos = tuple(int(p) for p in np.unravel_index(i, batch_shape)) if batch_shape else ()
-        raise ValueError(
-            f"labels: label {y_flat[i].item()} at position {pos} is outside [0, {n_vocab}) "
-            f"({int(np.size(ok) - np.count_nonzero(ok))} label(s) out of range)"
-        )
+        raise LabelRangeError(pos, y_flat[i].item(), n_vocab,
+                              int(np.size(ok) - np.count_nonzero(ok)), argument="labels")
     lab = as_kernel_array(y_flat, dtype=np.int64)
 
     weights = broadcast_sample_weight(sample_weight, batch_shape)
     weights = None if weights is None else as_kernel_array(weights).reshape(-1)
     valid = (lab != ignore_class) if ignore_class is not None else None
-    plan = _engine._plan(reduction, lab.size, weights, valid, None)
+    plan = _reduction.plan(reduction, lab.size, weights=weights, labels=lab,
+                           ignore_class=ignore_class)
+    opts = softmax_options(sparse=True, from_logits=True, label_smoothing=smoothing,
+                           ignore_class=ignore_class, z_loss=z, reduction=reduction)
 
     h2 = as_kernel_array(h).reshape(-1, d)
     w2 = as_kernel_array(w)
@@ -200,6 +195,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     return dict(
         h=h, h2=h2, w2=w2, b=b, lab=lab, plan=plan, valid=valid, batch_shape=batch_shape,
         smoothing=smoothing, z=z, ignore_class=ignore_class, nt=nt, rows=rows, vocab=vocab,
+        opts=opts,
     )
 
 
@@ -222,8 +218,7 @@ def _run(p: dict, want_grad: bool):
     dtype = h2.dtype
     rows, vocab = p["rows"], p["vocab"]
     keep, spread, z = 1.0 - p["smoothing"], p["smoothing"] / n_vocab, p["z"]
-    ignore_class, nt = p["ignore_class"], p["nt"]
-    gs0 = plan.gs0 if want_grad else 0.0
+    nt = p["nt"]
 
     loss64 = np.zeros(n_rows)
     d_hidden = np.zeros_like(h2) if want_grad else None
@@ -247,12 +242,10 @@ def _run(p: dict, want_grad: bool):
             np.matmul(h_rows, w2.T, out=x)
             if b is not None:
                 x += b
-            gscale = None if plan.gscale is None else plan.gscale[r0:r1]
-            _softmax.softmax_xent_logits(
-                x, x if want_grad else None, None, None, lab[r0:r1], gs0, gscale,
-                loss64[r0:r1], None, keep, spread, z, None, ignore_class,
-                _kernel_threads(nt, nr, n_vocab),
-            )
+            rows_plan = _rows_plan(plan, r0, r1, want_grad)
+            _dispatch.run_softmax(p["opts"], x, plan=rows_plan, loss=loss64[r0:r1],
+                                  labels=lab[r0:r1], grad=x if want_grad else None,
+                                  n_threads=nt)
             if want_grad:
                 np.matmul(x, w2, out=d_hidden[r0:r1])
                 _weight_update(d_weight, x, h_rows, dw_scratch, 0)
@@ -289,10 +282,8 @@ def _run(p: dict, want_grad: bool):
             v1 = min(n_vocab, v0 + vocab)
             x = logits_block(v0, v1)
             lse_c = chunk_lse[j, :nr]
-            _softmax.softmax_xent_logits(
-                x, None, None, None, zeros_lab[:nr], 0.0, None, scratch_loss[:nr], lse_c,
-                1.0, 0.0, 0.0, None, None, _kernel_threads(nt, nr, v1 - v0),
-            )
+            _dispatch.run_softmax(_PLAIN, x, plan=_NO_SCALE, loss=scratch_loss[:nr],
+                                  labels=zeros_lab[:nr], lse=lse_c, n_threads=nt)
             m_new = np.maximum(m, lse_c)
             with np.errstate(invalid="ignore"):
                 s = s * np.exp(m - m_new) + np.exp(lse_c - m_new)
@@ -321,7 +312,7 @@ def _run(p: dict, want_grad: bool):
         # a_i exp(x - lse_c) - a_i [k == col_i] = gs_i coef_i p_ik - a_i [k == col_i] in
         # float64 arithmetic; the entry at col_i is then rewritten from its saved logit, and
         # the smoothing term gs_i * spread subtracted.
-        gs = np.full(nr, gs0) if plan.gscale is None else gs0 * plan.gscale[r0:r1]
+        gs = np.full(nr, plan.gs0) if plan.weights is None else plan.gs0 * plan.weights[r0:r1]
         coef = gs * (1.0 + 2.0 * z * lse)
         smooth = (gs * spread).astype(dtype)[:, None] if spread else None
         idx = rows_idx[:nr]
@@ -335,13 +326,13 @@ def _run(p: dict, want_grad: bool):
             with np.errstate(invalid="ignore", over="ignore"):
                 scale = coef * np.exp(chunk_lse[j, :nr] - lse)
                 at_col = coef * np.exp(x_col - lse) - gs * keep * inside
-            kernel_lab, skip = col, None
+            kernel_lab, kernel_opts = col, _PLAIN
             if ignored is not None:  # label -1: the kernel zeroes these rows, whatever x holds
                 at_col[ignored] = 0.0
-                kernel_lab, skip = np.where(ignored, -1, col), -1
-            _softmax.softmax_xent_logits(
-                x, x, None, None, kernel_lab, 1.0, scale, scratch_loss[:nr], None,
-                1.0, 0.0, 0.0, None, skip, _kernel_threads(nt, nr, v1 - v0),
+                kernel_lab, kernel_opts = np.where(ignored, -1, col), _PLAIN_MASKED
+            _dispatch.run_softmax(
+                kernel_opts, x, plan=_reduction.Plan("sum", 1.0, 1.0, scale),
+                loss=scratch_loss[:nr], labels=kernel_lab, grad=x, n_threads=nt,
             )
             x[idx, col] = at_col
             if smooth is not None:
@@ -358,15 +349,19 @@ def _run(p: dict, want_grad: bool):
     return loss64, d_hidden, d_weight, d_bias64
 
 
+#: The plan of a pass that only wants per-row statistics (no gradient is written).
+_NO_SCALE = _reduction.Plan("sum", 1.0, 0.0, None)
+
+
+def _rows_plan(plan: _reduction.Plan, r0: int, r1: int, want_grad: bool) -> _reduction.Plan:
+    """``plan`` restricted to rows r0:r1 (the gradient scale 0 when none is written)."""
+    weights = None if plan.weights is None else plan.weights[r0:r1]
+    return _reduction.Plan(plan.reduction, plan.denominator, plan.gs0 if want_grad else 0.0,
+                           weights)
+
+
 def _reduce(loss64, p):
-    plan = p["plan"]
-    weighted = loss64 if plan.weights is None else loss64 * plan.weights
-    if plan.reduction == "none":
-        return weighted.reshape(p["batch_shape"]).astype(p["h"].dtype)
-    total = float(np.sum(weighted))
-    if plan.reduction == "sum":
-        return total
-    return total / plan.denom if plan.denom != 0.0 else 0.0
+    return _reduction.reduce(loss64, p["plan"], p["batch_shape"], p["h"].dtype)
 
 
 def linear_cross_entropy(
@@ -553,21 +548,11 @@ def perplexity(
     >>> round(fx.perplexity(labels, logits, ignore_class=-100), 10)
     4.0
     """
-    arr = as_float_array(y_pred, "y_pred")
-    ax = normalize_axis(axis, arr.ndim)
-    batch_shape = arr.shape[:ax] + arr.shape[ax + 1 :]
-    total = _engine.softmax_xent(
-        y_true, arr, sparse=True, from_logits=from_logits, axis=axis,
-        ignore_class=ignore_class, n_threads=n_threads, sample_weight=sample_weight,
-        reduction="sum",
-    ).loss
-    labels = as_labels(y_true, batch_shape, ax, arr.ndim)
-    weights = broadcast_sample_weight(sample_weight, batch_shape)
-    counted = np.ones(labels.shape) if weights is None else np.asarray(weights).reshape(-1)
-    if ignore_class is not None:
-        counted = counted * (labels != int(ignore_class))
-    denom = float(np.sum(counted))
-    if denom == 0.0:
+    opts = softmax_options(sparse=True, from_logits=from_logits, axis=axis,
+                           ignore_class=ignore_class, n_threads=n_threads,
+                           reduction="mean_with_sample_weight")
+    out = _dispatch.softmax(opts, y_true, y_pred, sample_weight)
+    if out.denominator == 0.0:
         return float("nan")
     with np.errstate(over="ignore"):
-        return float(np.exp(total / denom))
+        return float(np.exp(out.loss))

@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastxent import _engine
-from fastxent._validation import (
-    as_weight_array,
-    check_bool,
-    check_fraction,
-    check_nonneg_real,
-    check_reduction,
-)
+from fastxent import _dispatch
+from fastxent._kernels import fast_call as _fast_call
+from fastxent._options import sigmoid_options, softmax_options
 
 __all__ = [
     "categorical_crossentropy",
@@ -82,11 +77,11 @@ def categorical_crossentropy(
     >>> fx.categorical_crossentropy(y_true, logits, from_logits=True).round(6)
     array([0.464369])
     """
-    return _engine.softmax_xent(
-        y_true, y_pred, sparse=False, from_logits=from_logits, label_smoothing=label_smoothing,
-        axis=axis, class_weight=class_weight, epsilon=epsilon, z_loss=z_loss,
-        n_threads=n_threads,
-    ).loss
+    opts = softmax_options(
+        sparse=False, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+        class_weight=class_weight, epsilon=epsilon, z_loss=z_loss, n_threads=n_threads,
+    )
+    return _dispatch.loss_and_grad(opts, y_true, y_pred)
 
 
 def sparse_categorical_crossentropy(
@@ -135,11 +130,12 @@ def sparse_categorical_crossentropy(
     >>> fx.sparse_categorical_crossentropy([1, 2], logits, from_logits=True)
     array([0.4643688 , 0.09492296], dtype=float32)
     """
-    return _engine.softmax_xent(
-        y_true, y_pred, sparse=True, from_logits=from_logits, label_smoothing=label_smoothing,
-        axis=axis, class_weight=class_weight, ignore_class=ignore_class, epsilon=epsilon,
-        z_loss=z_loss, n_threads=n_threads,
-    ).loss
+    opts = softmax_options(
+        sparse=True, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+        class_weight=class_weight, ignore_class=ignore_class, epsilon=epsilon, z_loss=z_loss,
+        n_threads=n_threads,
+    )
+    return _dispatch.loss_and_grad(opts, y_true, y_pred)
 
 
 def binary_crossentropy(
@@ -185,47 +181,45 @@ def binary_crossentropy(
     >>> fx.binary_crossentropy([[0.0, 1.0]], np.array([[-1.0, 2.0]]), from_logits=True).round(6)
     array([0.220095])
     """
-    return _engine.sigmoid_xent(
-        y_true, y_pred, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+    opts = sigmoid_options(
+        from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
         pos_weight=pos_weight, epsilon=epsilon, n_threads=n_threads,
-    ).loss
+    )
+    return _dispatch.loss_and_grad(opts, y_true, y_pred)
+
+
+def _option(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self._options, name), doc=doc)
 
 
 class _Loss:
-    """Shared behaviour of the loss classes: reductions, config, gradients."""
+    """Shared behaviour of the loss classes: reductions, config, gradients.
+
+    The constructor validates every option once into an immutable ``Options`` object
+    (``self._options``); the attributes below read it.
+    """
 
     _config_keys: tuple = ()
+    _options = None
 
-    def __init__(self, reduction, n_threads):
-        self.reduction = check_reduction(reduction)
+    from_logits = _option("from_logits", "Whether y_pred holds logits.")
+    label_smoothing = _option("label_smoothing", "Label smoothing in [0, 1].")
+    axis = _option("axis", "The class axis.")
+    epsilon = _option("epsilon", "Clip for probabilities.")
+    reduction = _option("reduction", "The reduction (normalized: 'mean' is "
+                                     "'sum_over_batch_size').")
+    n_threads = _option("n_threads", "OpenMP threads (None: OpenMP's default, -1: all).")
+
+    def _set_options(self, opts, reduction) -> None:
+        self._options = opts
         self._reduction_arg = reduction
-        from fastxent._config import resolve_n_threads
-
-        resolve_n_threads(n_threads)  # validate now; resolved again at call time
-        self.n_threads = n_threads
-
-    def _set_common(self, from_logits, label_smoothing, axis, epsilon):
-        """Validate and store the options every loss has (the rest are checked per call)."""
-        self.from_logits = check_bool(from_logits, "from_logits")
-        self.label_smoothing = check_fraction(label_smoothing, "label_smoothing")
-        self.axis = axis
-        self.epsilon = check_fraction(epsilon, "epsilon", 0.0, 0.5, lo_open=True, hi_open=True)
-
-    @staticmethod
-    def _weights(w, name):
-        """class_weight / pos_weight checked as the functions check them: a float, a float64
-        array or None."""
-        if w is None:
-            return None
-        arr = as_weight_array(w, name)
-        return float(arr) if arr.ndim == 0 else arr
-
-    def _run(self, y_true, y_pred, sample_weight, **kw):  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """The reduced loss: a Python float (an ndarray for ``reduction="none"``)."""
-        return self._run(y_true, y_pred, sample_weight).loss
+        out = _fast_call(self._options, y_true, y_pred, sample_weight, False)
+        if out is not None:
+            return out
+        return _dispatch.loss_and_grad(self._options, y_true, y_pred, sample_weight)
 
     def loss_and_grad(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False,
                       return_lse=False):
@@ -254,16 +248,18 @@ class _Loss:
         lse : ndarray
             Only with ``return_lse=True``.
         """
-        kw = {}
+        if grad_out is None and not inplace and not return_lse:
+            out = _fast_call(self._options, y_true, y_pred, sample_weight, True)
+            if out is not None:
+                return out
         if return_lse:
-            if not isinstance(self, CategoricalCrossentropy | SparseCategoricalCrossentropy):
+            if self._options.family != "softmax":
                 raise ValueError("return_lse applies to the softmax (categorical) losses only")
             if not self.from_logits:
                 raise ValueError("return_lse needs from_logits=True")
-            kw["want_lse"] = True
-        out = self._run(y_true, y_pred, sample_weight, want_grad=True, grad_out=grad_out,
-                        inplace=inplace, **kw)
-        return (out.loss, out.grad, out.lse) if return_lse else (out.loss, out.grad)
+        return _dispatch.loss_and_grad(self._options, y_true, y_pred, sample_weight,
+                                       want_grad=True, grad_out=grad_out, inplace=inplace,
+                                       want_lse=return_lse)
 
     def gradient(self, y_true, y_pred, sample_weight=None, *, grad_out=None, inplace=False):
         """d(loss)/d(y_pred) only (see :meth:`loss_and_grad`)."""
@@ -285,7 +281,8 @@ class _Loss:
         """
         if not self.from_logits:
             raise ValueError("gradient_hessian needs from_logits=True")
-        out = self._run(y_true, y_pred, sample_weight, want_grad=True, want_hess=True)
+        run = _dispatch.softmax if self._options.family == "softmax" else _dispatch.sigmoid
+        out = run(self._options, y_true, y_pred, sample_weight, want_grad=True, want_hess=True)
         return out.grad, out.hess
 
     def get_config(self) -> dict:
@@ -343,19 +340,14 @@ class CategoricalCrossentropy(_Loss):
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
                  epsilon=1e-7, z_loss=0.0):
-        super().__init__(reduction, n_threads)
-        self._set_common(from_logits, label_smoothing, axis, epsilon)
-        self.class_weight = self._weights(class_weight, "class_weight")
-        self.z_loss = check_nonneg_real(z_loss, "z_loss")
+        self._set_options(softmax_options(
+            sparse=False, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+            class_weight=class_weight, epsilon=epsilon, z_loss=z_loss, reduction=reduction,
+            n_threads=n_threads,
+        ), reduction)
 
-    def _run(self, y_true, y_pred, sample_weight, **kw):
-        return _engine.softmax_xent(
-            y_true, y_pred, sparse=False, from_logits=self.from_logits,
-            label_smoothing=self.label_smoothing, axis=self.axis,
-            class_weight=self.class_weight, epsilon=self.epsilon, z_loss=self.z_loss,
-            n_threads=self.n_threads, sample_weight=sample_weight, reduction=self.reduction,
-            **kw,
-        )
+    class_weight = _option("class_weight", "Per-class weights (None, a float or an array).")
+    z_loss = _option("z_loss", "z-loss coefficient.")
 
 
 class SparseCategoricalCrossentropy(_Loss):
@@ -386,20 +378,15 @@ class SparseCategoricalCrossentropy(_Loss):
     def __init__(self, from_logits=False, ignore_class=None, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
                  epsilon=1e-7, z_loss=0.0):
-        super().__init__(reduction, n_threads)
-        self._set_common(from_logits, label_smoothing, axis, epsilon)
-        self.ignore_class = ignore_class
-        self.class_weight = self._weights(class_weight, "class_weight")
-        self.z_loss = check_nonneg_real(z_loss, "z_loss")
+        self._set_options(softmax_options(
+            sparse=True, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+            class_weight=class_weight, ignore_class=ignore_class, epsilon=epsilon,
+            z_loss=z_loss, reduction=reduction, n_threads=n_threads,
+        ), reduction)
 
-    def _run(self, y_true, y_pred, sample_weight, **kw):
-        return _engine.softmax_xent(
-            y_true, y_pred, sparse=True, from_logits=self.from_logits,
-            label_smoothing=self.label_smoothing, axis=self.axis,
-            class_weight=self.class_weight, ignore_class=self.ignore_class,
-            epsilon=self.epsilon, z_loss=self.z_loss, n_threads=self.n_threads,
-            sample_weight=sample_weight, reduction=self.reduction, **kw,
-        )
+    class_weight = _option("class_weight", "Per-class weights (None, a float or an array).")
+    ignore_class = _option("ignore_class", "The ignored label, or None.")
+    z_loss = _option("z_loss", "z-loss coefficient.")
 
 
 class BinaryCrossentropy(_Loss):
@@ -426,14 +413,10 @@ class BinaryCrossentropy(_Loss):
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", pos_weight=None, n_threads=None, *,
                  epsilon=1e-7):
-        super().__init__(reduction, n_threads)
-        self._set_common(from_logits, label_smoothing, axis, epsilon)
-        self.pos_weight = self._weights(pos_weight, "pos_weight")
+        self._set_options(sigmoid_options(
+            from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
+            pos_weight=pos_weight, epsilon=epsilon, reduction=reduction, n_threads=n_threads,
+        ), reduction)
 
-    def _run(self, y_true, y_pred, sample_weight, **kw):
-        return _engine.sigmoid_xent(
-            y_true, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing,
-            axis=self.axis, pos_weight=self.pos_weight, epsilon=self.epsilon,
-            n_threads=self.n_threads, sample_weight=sample_weight, reduction=self.reduction,
-            **kw,
-        )
+    pos_weight = _option("pos_weight", "Weight of the positive term (None, a float or an "
+                                       "array).")

@@ -1,0 +1,572 @@
+"""fastxent's compiled layer (private): the one extension module.
+
+* ``Options``: a loss's options, validated once by ``fastxent._options`` and frozen here in a
+  form the compiled code reads directly.
+* ``softmax`` / ``sigmoid``: the kernels of xent_kernels.h on C-contiguous (rows, classes)
+  buffers that ``fastxent._dispatch`` laid out; the GIL is released while they run.
+* ``plan`` / ``weighted_total``: the reduction arithmetic (denominator, per-row gradient
+  scale, the float64 sum) that ``fastxent._reduction`` exposes.
+* ``fast_call``: the common call (ndarrays, class axis last, contiguous) checked, planned,
+  run and reduced without leaving compiled code; ``None`` sends a call to the general path.
+* output buffers from a NumPy memory handler that reuses large blocks (fx_buffer_cache.h),
+  the instruction-set state, OpenMP and build facts, and the elementary functions for the
+  accuracy tests.
+
+Nothing here validates what the Python layer validates: arrays reaching ``softmax`` and
+``sigmoid`` are trusted to have the documented dtypes, shapes and layout.
+"""
+cimport numpy as cnp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
+from fastxent._xent cimport (
+    FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN,
+    fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_get_isa, fx_job,
+    fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_set_isa, fx_sigmoid, fx_softmax,
+)
+
+import numpy as np
+
+cnp.import_array()
+
+# Kernel paths, chosen by the row length only (never by the thread count):
+SHORT_ROWS = FX_SHORT      # softmax rows of at most this many classes: transposed kernel
+SPLIT_MIN = FX_SPLIT_MIN   # rows of at least this many elements: split across threads
+SPLIT_CHUNK = FX_SPLIT_CHUNK
+
+# reductions, as fastxent._options normalizes them
+REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight")
+DEF RED_NONE = 0
+DEF RED_SUM = 1
+DEF RED_BATCH = 2
+DEF RED_WEIGHTED = 3
+
+DEF FAMILY_SOFTMAX = 0
+DEF FAMILY_SIGMOID = 1
+
+# calls of at least this many elements release the GIL while the kernel runs
+DEF NOGIL_ELEMENTS = 4096
+
+
+# ------------------------------------------------------------------------------------------
+# Options
+# ------------------------------------------------------------------------------------------
+
+cdef class Options:
+    """A loss's options, validated and normalized once (built by ``fastxent._options``).
+
+    Immutable.  ``class_weight`` / ``pos_weight`` are None, a float, or a read-only float64
+    vector; ``axis`` is the int given (normalized against each call's ``y_pred``).
+    """
+
+    cdef readonly str family        # "softmax" or "sigmoid"
+    cdef readonly bint sparse       # softmax: integer labels
+    cdef readonly bint from_logits
+    cdef readonly double label_smoothing
+    cdef readonly int axis
+    cdef readonly object class_weight
+    cdef readonly object pos_weight
+    cdef readonly object ignore_class
+    cdef readonly double epsilon
+    cdef readonly double z_loss
+    cdef readonly str reduction
+    cdef readonly object n_threads
+    cdef int _family, _red
+    cdef double _keep
+
+    def __init__(self, *, str family, bint sparse, bint from_logits, double label_smoothing,
+                 int axis, class_weight, pos_weight, ignore_class, double epsilon,
+                 double z_loss, str reduction, n_threads):
+        self.family = family
+        self._family = FAMILY_SOFTMAX if family == "softmax" else FAMILY_SIGMOID
+        self.sparse = sparse
+        self.from_logits = from_logits
+        self.label_smoothing = label_smoothing
+        self._keep = 1.0 - label_smoothing
+        self.axis = axis
+        self.class_weight = class_weight
+        self.pos_weight = pos_weight
+        self.ignore_class = ignore_class
+        self.epsilon = epsilon
+        self.z_loss = z_loss
+        self.reduction = reduction
+        self._red = REDUCTIONS.index(reduction)
+        self.n_threads = n_threads
+
+    def __repr__(self):
+        names = ("family", "sparse", "from_logits", "label_smoothing", "axis", "class_weight",
+                 "pos_weight", "ignore_class", "epsilon", "z_loss", "reduction", "n_threads")
+        return "Options(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in names) + ")"
+
+
+# ------------------------------------------------------------------------------------------
+# Reduction arithmetic
+# ------------------------------------------------------------------------------------------
+
+cdef double plan_rows(int red, int64_t n, const double *w, const int64_t *labels,
+                      bint has_ignore, int64_t ignore, const double *cw, int64_t ncls,
+                      const double *scw, double *weff, double *cls) noexcept nogil:
+    """The denominator of reduction ``red`` over n rows, and each row's effective weight.
+
+    weff (n doubles, or NULL when there are neither weights nor an ignored label) receives
+    sample weight x (label != ignore).  cls (n doubles) is scratch for the per-row class
+    weight of a class-weighted mean.  w, labels, cw, scw may be NULL.
+    """
+    cdef int64_t i, valid = n, y
+    cdef bint masked = has_ignore and labels != NULL
+    if weff != NULL:
+        for i in range(n):
+            weff[i] = 1.0 if w == NULL else w[i]
+            if masked and labels[i] == ignore:
+                weff[i] = 0.0
+    if red == RED_NONE or red == RED_SUM:
+        return 1.0
+    if red == RED_BATCH:
+        if masked:
+            valid = 0
+            for i in range(n):
+                valid += labels[i] != ignore
+        return <double>valid
+    # mean_with_sample_weight: sum of weights x each row's class weight
+    if cw != NULL and labels != NULL:
+        for i in range(n):
+            y = labels[i]
+            y = 0 if y < 0 else (ncls - 1 if y >= ncls else y)
+            cls[i] = cw[y]
+        scw = cls
+    if weff == NULL and scw == NULL:
+        return <double>n
+    if weff == NULL:
+        return fx_dot_lanes(scw, NULL, n)
+    return fx_dot_lanes(weff, scw, n)
+
+
+cdef inline double grad_scale(int red, double denom) noexcept nogil:
+    if red == RED_NONE or red == RED_SUM:
+        return 1.0
+    return 1.0 / denom if denom != 0.0 else 0.0
+
+
+cdef inline const double *opt_ptr(object a):
+    """Data pointer of a float64 C-contiguous ndarray, or NULL for None."""
+    return NULL if a is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def plan(str reduction, int64_t n_rows, weights=None, labels=None, ignore_class=None,
+         class_weight=None, sample_class_weight=None):
+    """``(denominator, gs0, effective_weights or None)`` of a reduction over n_rows rows.
+
+    ``weights``: flat float64 sample weights; ``labels``: flat int64 labels (with
+    ``ignore_class``, masked rows weigh 0); ``class_weight``: float64 per class (a sparse
+    class-weighted mean); ``sample_class_weight``: float64 per row (soft targets).  All
+    C-contiguous, as ``fastxent._reduction`` passes them.
+    """
+    cdef int red = REDUCTIONS.index(reduction)
+    cdef bint has_ignore = ignore_class is not None and labels is not None
+    cdef int64_t ign = ignore_class if has_ignore else 0
+    cdef int64_t ncls = 0 if class_weight is None else len(class_weight)
+    weff = None
+    if weights is not None or has_ignore:
+        weff = np.empty(n_rows)
+    cls = np.empty(n_rows) if (red == RED_WEIGHTED and class_weight is not None
+                               and labels is not None) else None
+    cdef double denom = plan_rows(
+        red, n_rows, opt_ptr(weights),
+        NULL if labels is None else <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels),
+        has_ignore, ign, opt_ptr(class_weight), ncls, opt_ptr(sample_class_weight),
+        <double *>opt_ptr(weff), <double *>opt_ptr(cls))
+    return denom, grad_scale(red, denom), weff
+
+
+def weighted_total(cnp.ndarray values, weights=None):
+    """sum(values * weights) (weights None: sum(values)) of float64 C-contiguous vectors, in
+    fixed lanes and a fixed order (the same bits for any thread count or path)."""
+    cdef int64_t n = cnp.PyArray_SIZE(values)
+    return fx_dot_lanes(<const double *>cnp.PyArray_DATA(values), opt_ptr(weights), n)
+
+
+# ------------------------------------------------------------------------------------------
+# Kernels on laid-out rows
+# ------------------------------------------------------------------------------------------
+
+cdef inline void *data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int64_t run_job(fx_job *J, bint softmax, bint release) except? -2:
+    cdef int64_t ret
+    if release:
+        with nogil:
+            ret = fx_softmax(J) if softmax else fx_sigmoid(J)
+    else:
+        ret = fx_softmax(J) if softmax else fx_sigmoid(J)
+    if ret == FX_NO_MEMORY:
+        raise MemoryError("fastxent: could not allocate the kernel's scratch buffers")
+    return ret
+
+
+cdef void fill_params(fx_job *J, double keep, double spread, double zloss, double eps,
+                      double gs0, object class_weight, object pos_weight, object ignore_class):
+    J.P.keep = keep
+    J.P.spread = spread
+    J.P.zloss = zloss
+    J.P.eps = eps
+    J.P.gs0 = gs0
+    J.P.cw = opt_ptr(class_weight)
+    J.P.pw = opt_ptr(pos_weight)
+    J.P.has_ignore = ignore_class is not None
+    J.P.ignore = ignore_class if ignore_class is not None else 0
+
+
+def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
+            cnp.ndarray loss, lse, bint from_logits, double keep, double spread,
+            double zloss, double eps, class_weight, ignore_class, int n_threads):
+    """Per-row softmax cross-entropy of the (rows, classes) buffer ``x``.
+
+    Exactly one of ``labels`` (int64, one per row) and ``target`` (x's shape) is given.  Row
+    r's gradient (and Hessian diagonal) is scaled by ``gs0 * gscale[r]``; ``grad``, ``hess``,
+    ``gscale`` and ``lse`` may be None.  Returns the number of labels outside [0, classes)
+    that were not ``ignore_class``.
+    """
+    cdef fx_job J
+    J.dtype = FX_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else FX_FLOAT64
+    J.from_logits = from_logits
+    J.n_threads = n_threads
+    J.n_rows = cnp.PyArray_DIM(x, 0)
+    J.n_cols = cnp.PyArray_DIM(x, 1)
+    J.x = cnp.PyArray_DATA(x)
+    J.grad = data_or_null(grad)
+    J.hess = data_or_null(hess)
+    J.target = data_or_null(target)
+    J.labels = <const int64_t *>data_or_null(labels)
+    J.gscale = opt_ptr(gscale)
+    J.loss = <double *>cnp.PyArray_DATA(loss)
+    J.lse = <double *>data_or_null(lse)
+    fill_params(&J, keep, spread, zloss, eps, gs0, class_weight, None, ignore_class)
+    return run_job(&J, True, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
+
+
+def sigmoid(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale,
+            cnp.ndarray loss, bint from_logits, double keep, double spread, double eps,
+            pos_weight, int n_threads):
+    """Mean over each row of the elementwise binary cross-entropy; gradient (and, from
+    logits, the Hessian diagonal) scaled by ``gs0 * gscale[row] / row length``."""
+    cdef fx_job J
+    J.dtype = FX_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else FX_FLOAT64
+    J.from_logits = from_logits
+    J.n_threads = n_threads
+    J.n_rows = cnp.PyArray_DIM(x, 0)
+    J.n_cols = cnp.PyArray_DIM(x, 1)
+    J.x = cnp.PyArray_DATA(x)
+    J.grad = data_or_null(grad)
+    J.hess = data_or_null(hess)
+    J.target = cnp.PyArray_DATA(target)
+    J.labels = NULL
+    J.gscale = opt_ptr(gscale)
+    J.loss = <double *>cnp.PyArray_DATA(loss)
+    J.lse = NULL
+    fill_params(&J, keep, spread, 0.0, eps, gs0, None, pos_weight, None)
+    run_job(&J, False, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
+
+
+# ------------------------------------------------------------------------------------------
+# The fast path
+# ------------------------------------------------------------------------------------------
+
+cdef inline bint plain_array(object a, int typenum):
+    """a is exactly an ndarray of ``typenum``, C-contiguous and aligned."""
+    if type(a) is not np.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr))
+
+
+cdef inline bint same_dims(cnp.ndarray a, cnp.ndarray b, int nd):
+    cdef int i
+    for i in range(nd):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(b, i):
+            return False
+    return True
+
+
+cdef inline bint weight_vector(object w, int64_t length):
+    return w is None or (type(w) is np.ndarray and cnp.PyArray_NDIM(<cnp.ndarray>w) == 1
+                         and cnp.PyArray_DIM(<cnp.ndarray>w, 0) == length)
+
+
+cdef int resolve_threads(object n_threads) except -1:
+    if n_threads is None:
+        return max(1, fx_omp_max_threads())
+    if type(n_threads) is int and n_threads > 0:
+        return n_threads
+    from fastxent._config import resolve_n_threads
+    return resolve_n_threads(n_threads)
+
+
+def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
+    """The reduced loss (and gradient) of a common call, or None for the general path.
+
+    Common: y_pred an ndarray of float32/float64, C-contiguous and aligned, class axis last;
+    y_true int64 labels of y_pred's shape less the class axis (sparse), or an array of
+    y_pred's dtype and shape (categorical, binary); sample_weight None or, for 2-d y_pred,
+    a float64 vector with one weight per row; class / positive weights None or one per
+    class.  A bad label also returns None: the general path raises the error.
+    """
+    if type(y_pred) is not np.ndarray:
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>y_pred
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISALIGNED(x)):
+        return None
+    cdef int nd = cnp.PyArray_NDIM(x)
+    if nd < 1 or (o.axis != -1 and o.axis != nd - 1):
+        return None
+    cdef int64_t C = cnp.PyArray_DIM(x, nd - 1)
+    cdef int64_t size = cnp.PyArray_SIZE(x)
+    if C == 0 or size == 0:
+        return None
+    cdef int64_t N = size // C
+    cdef bint softmax = o._family == FAMILY_SOFTMAX
+    cdef cnp.ndarray t
+    if softmax and o.sparse:
+        if not plain_array(y_true, cnp.NPY_INT64):
+            return None
+        t = <cnp.ndarray>y_true
+        if cnp.PyArray_NDIM(t) != nd - 1 or not same_dims(t, x, nd - 1):
+            return None
+    else:
+        if not plain_array(y_true, typenum):
+            return None
+        t = <cnp.ndarray>y_true
+        if cnp.PyArray_NDIM(t) != nd or not same_dims(t, x, nd):
+            return None
+    if sample_weight is not None and not (
+            nd == 2 and plain_array(sample_weight, cnp.NPY_FLOAT64)
+            and weight_vector(sample_weight, N)):
+        return None
+    if not weight_vector(o.class_weight, C) or not weight_vector(o.pos_weight, C):
+        return None
+    if softmax and not o.sparse and o.class_weight is not None and o._red == RED_WEIGHTED:
+        return None   # the class-weighted mean of soft targets: planned by the general path
+    cdef int n_threads = resolve_threads(o.n_threads)
+
+    cdef cnp.ndarray grad = None
+    if want_grad:
+        grad = _empty(nd, cnp.PyArray_DIMS(x), typenum)
+    cdef double *scratch = <double *>PyMem_Malloc(3 * N * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    cdef double *loss = scratch
+    cdef double *weff = NULL
+    cdef const int64_t *labels = NULL
+    cdef fx_job J
+    cdef double denom
+    cdef int64_t bad
+    try:
+        if softmax and o.sparse:
+            labels = <const int64_t *>cnp.PyArray_DATA(t)
+        if sample_weight is not None or (labels != NULL and o.ignore_class is not None):
+            weff = scratch + N
+        denom = plan_rows(o._red, N, opt_ptr(sample_weight), labels,
+                          o.ignore_class is not None, o.ignore_class or 0,
+                          opt_ptr(o.class_weight), C, NULL, weff, scratch + 2 * N)
+        J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
+        J.from_logits = o.from_logits
+        J.n_threads = n_threads
+        J.n_rows = N
+        J.n_cols = C
+        J.x = cnp.PyArray_DATA(x)
+        J.grad = NULL if grad is None else cnp.PyArray_DATA(grad)
+        J.hess = NULL
+        J.target = NULL if labels != NULL else cnp.PyArray_DATA(t)
+        J.labels = labels
+        J.gscale = weff
+        J.loss = loss
+        J.lse = NULL
+        fill_params(&J, o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss,
+                    o.epsilon, grad_scale(o._red, denom), o.class_weight, o.pos_weight,
+                    o.ignore_class)
+        bad = run_job(&J, softmax, size >= NOGIL_ELEMENTS)
+        if bad:
+            return None
+        if grad is not None and o._red >= RED_BATCH and denom == 0.0:
+            # a mean over nothing is 0.0, and so is its gradient (0 * NaN would be NaN)
+            memset(cnp.PyArray_DATA(grad), 0, cnp.PyArray_NBYTES(grad))
+        value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x), typenum)
+    finally:
+        PyMem_Free(scratch)
+    return (value, grad) if want_grad else value
+
+
+cdef object _reduced(int red, const double *loss, const double *weff, int64_t n, double denom,
+                     int nd, cnp.npy_intp *dims, int typenum):
+    cdef double total
+    cdef int64_t i
+    cdef cnp.ndarray out
+    cdef float *of
+    cdef double *od
+    if red == RED_NONE:
+        out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+        if typenum == cnp.NPY_FLOAT32:
+            of = <float *>cnp.PyArray_DATA(out)
+            for i in range(n):
+                of[i] = <float>(loss[i] * (1.0 if weff == NULL else weff[i]))
+        else:
+            od = <double *>cnp.PyArray_DATA(out)
+            for i in range(n):
+                od[i] = loss[i] * (1.0 if weff == NULL else weff[i])
+        return out
+    total = fx_dot_lanes(loss, weff, n)
+    if red == RED_SUM:
+        return total
+    return total / denom if denom != 0.0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# Output buffers: a NumPy memory handler that reuses large blocks (fx_buffer_cache.h)
+# ------------------------------------------------------------------------------------------
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+cdef extern from "fx_buffer_cache.h":
+    object fx_cache_capsule()
+    void fx_cache_configure(size_t limit)
+    size_t fx_cache_held
+    size_t fx_cache_limit
+    size_t fx_cache_min
+    size_t fx_cache_hits
+    size_t fx_cache_misses
+    const int FX_CACHE_SLOTS
+
+_HANDLER = fx_cache_capsule()
+
+
+cdef cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
+    """An uninitialized C-order array; blocks of the cache's size come from the cache."""
+    cdef size_t nbytes = 4 if typenum == cnp.NPY_FLOAT32 else 8
+    cdef int i
+    for i in range(nd):
+        nbytes *= <size_t>dims[i]
+    if fx_cache_limit == 0 or nbytes < fx_cache_min:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    old = PyDataMem_SetHandler(_HANDLER)
+    try:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    finally:
+        PyDataMem_SetHandler(old)
+
+
+def empty_like(cnp.ndarray a):
+    """``np.empty_like(a)`` (C order), its memory from the caching handler when large."""
+    return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a))
+
+
+def configure_cache(size_t limit_bytes):
+    """Free the cached blocks and hold at most ``limit_bytes`` from now on (0: no cache)."""
+    fx_cache_configure(limit_bytes)
+
+
+def cache_info():
+    return {
+        "limit_bytes": fx_cache_limit,
+        "held_bytes": fx_cache_held,
+        "min_block_bytes": fx_cache_min,
+        "slots": FX_CACHE_SLOTS,
+        "hits": fx_cache_hits,
+        "misses": fx_cache_misses,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Instruction set, OpenMP and build facts
+# ------------------------------------------------------------------------------------------
+
+def set_isa(int level):
+    """Select the instruction-set path (0 baseline, 1 AVX2, 2 AVX-512); -1 if unsupported."""
+    return fx_set_isa(level)
+
+
+def get_isa():
+    return fx_get_isa()
+
+
+def cpu_isa():
+    """Best instruction-set level this CPU supports."""
+    return fx_cpu_isa_level()
+
+
+def openmp_enabled():
+    return bool(FX_OPENMP_ENABLED)
+
+
+def max_threads():
+    """OpenMP's default team size (honours OMP_NUM_THREADS); 1 in a serial build."""
+    return fx_omp_max_threads()
+
+
+def num_procs():
+    """Processors available to this process (OpenMP's count); 1 in a serial build."""
+    return fx_omp_num_procs()
+
+
+cdef extern from "fastxent_build.h":
+    const char *FASTXENT_BUILD_CFLAGS
+    const char *FASTXENT_BUILD_LDFLAGS
+    const char *FASTXENT_BUILD_COMPILER
+
+
+def build_flags():
+    return {
+        "compiler": FASTXENT_BUILD_COMPILER.decode(),
+        "cflags": FASTXENT_BUILD_CFLAGS.decode(),
+        "ldflags": FASTXENT_BUILD_LDFLAGS.decode(),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Elementary functions, for tests/test_kernel_paths.py
+# ------------------------------------------------------------------------------------------
+
+def elementary(str name, x, double shift=0.0):
+    """The kernels' elementary functions on an array: "exp" (float64, x <= 0), "log1p"
+    (float64, x in [0, 1]), "log" (float64, x > 0), "expf" (float32 exp(x - shift),
+    x <= shift), "log1pf" (float32, x in [0, 1]) and "recipf" (float32 1 / (1 + x), x in
+    [0, 1], a by-product of log1pf)."""
+    cdef Py_ssize_t i
+    cdef double[::1] xd, od
+    cdef float[::1] xf, of
+    cdef float negm = -<float>shift
+    cdef float inv
+    if name in ("expf", "log1pf", "recipf"):
+        a = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(a)
+        xf = a
+        of = out
+        for i in range(xf.shape[0]):
+            if name == "expf":
+                of[i] = fx_expf_shifted(xf[i], negm)
+            else:
+                of[i] = fx_log1pf_recip(xf[i], &inv)
+                if name == "recipf":
+                    of[i] = inv
+        return out
+    if name not in ("exp", "log1p", "log"):
+        raise ValueError(f"unknown function {name!r}")
+    a = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(a)
+    xd = a
+    od = out
+    for i in range(xd.shape[0]):
+        if name == "exp":
+            od[i] = fx_exp_nonpos(xd[i])
+        elif name == "log1p":
+            od[i] = fx_log1p_unit(xd[i])
+        else:
+            od[i] = fx_log_pos(xd[i])
+    return out

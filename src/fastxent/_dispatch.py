@@ -1,0 +1,197 @@
+"""The one way to the kernels: options + layout + reduction plan -> kernel -> result.
+
+Every public entry point reaches the compiled kernels through this module:
+
+1. a common call (ndarrays, class axis last, contiguous, plain targets and weights) is
+   checked, planned, run and reduced in compiled code (``_kernels.fast_call``);
+2. every other call is laid out (``_layout``), planned (``_reduction``), run through
+   :func:`run_softmax` / :func:`run_sigmoid` (the only callers of the kernels, with named
+   arguments) and reduced (``_reduction``).
+
+Both routes give the same bits for the same data.  Options arrive validated
+(``_options``); only what needs the arrays is checked here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastxent import _kernels, _layout, _reduction
+from fastxent._config import resolve_n_threads
+from fastxent._errors import label_range_error
+from fastxent._kernels import Options
+from fastxent._validation import (
+    as_kernel_array,
+    as_labels,
+    as_target_array,
+    broadcast_sample_weight,
+    check_weight_vector,
+)
+
+
+@dataclass
+class Outcome:
+    """What a computation returns to the public layer."""
+
+    loss: object  # Python float, or ndarray for reduction "none"
+    grad: np.ndarray | None = None
+    hess: np.ndarray | None = None
+    lse: np.ndarray | None = None
+    denominator: float = 1.0  # of the reduction's mean
+
+
+def loss_and_grad(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
+                  grad_out=None, inplace=False, want_lse=False):
+    """``loss`` or ``(loss, grad)``: the compiled fast path when the call allows it."""
+    if grad_out is None and not inplace and not want_lse:
+        out = _kernels.fast_call(opts, y_true, y_pred, sample_weight, want_grad)
+        if out is not None:
+            return out
+    run = softmax if opts.family == "softmax" else sigmoid
+    res = run(opts, y_true, y_pred, sample_weight, want_grad=want_grad, grad_out=grad_out,
+              inplace=inplace, want_lse=want_lse)
+    if want_lse:
+        return res.loss, res.grad, res.lse
+    return (res.loss, res.grad) if want_grad else res.loss
+
+
+def _check_buffers(want_grad, want_hess, grad_out, inplace):
+    if not (want_grad or want_hess) and (grad_out is not None or inplace):
+        raise ValueError("grad_out and inplace only apply when a gradient is computed")
+    if inplace and want_hess:
+        raise ValueError("inplace=True is not available with the Hessian")
+
+
+def _weights(sample_weight, lay: _layout.Rows):
+    w = broadcast_sample_weight(sample_weight, lay.batch_shape)
+    return None if w is None else as_kernel_array(w).reshape(-1)
+
+
+def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: np.ndarray,
+                labels=None, target=None, grad=None, hess=None, lse=None, class_weight=None,
+                n_threads: int) -> int:
+    """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count."""
+    ncls = x2.shape[1]
+    return _kernels.softmax(
+        x=x2, grad=grad, hess=hess, target=target, labels=labels, gs0=plan.gs0,
+        gscale=plan.weights, loss=loss, lse=lse, from_logits=opts.from_logits,
+        keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / ncls,
+        zloss=opts.z_loss, eps=opts.epsilon, class_weight=class_weight,
+        ignore_class=opts.ignore_class, n_threads=n_threads,
+    )
+
+
+def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reduction.Plan,
+                loss: np.ndarray, grad=None, hess=None, pos_weight=None,
+                n_threads: int) -> None:
+    """The sigmoid kernel on laid-out (rows, elements) buffers."""
+    _kernels.sigmoid(
+        x=x2, target=z2, grad=grad, hess=hess, gs0=plan.gs0, gscale=plan.weights, loss=loss,
+        from_logits=opts.from_logits, keep=1.0 - opts.label_smoothing,
+        spread=opts.label_smoothing / 2.0, eps=opts.epsilon, pos_weight=pos_weight,
+        n_threads=n_threads,
+    )
+
+
+def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
+            want_hess=False, want_lse=False, grad_out=None, inplace=False) -> Outcome:
+    """Softmax cross-entropy (integer labels if ``opts.sparse`` else soft targets)."""
+    _check_buffers(want_grad, want_hess, grad_out, inplace)
+    nt = resolve_n_threads(opts.n_threads)
+    lay = _layout.rows(y_pred, opts.axis, inplace=inplace)
+    n_rows, ncls = lay.x2.shape
+    cw = check_weight_vector(opts.class_weight, "class_weight", ncls, "class")
+
+    labels = target = None
+    if opts.sparse:
+        labels = as_labels(y_true, lay.batch_shape, lay.axis, lay.arr.ndim)
+    else:
+        t = as_target_array(y_true, "y_true", lay.arr.dtype)
+        if t.shape != lay.arr.shape:
+            raise ValueError(
+                f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
+                "categorical targets need the shape of y_pred"
+            )
+        target = lay.rows_of(t)
+
+    sample_cw = None
+    if cw is not None and opts.reduction == "mean_with_sample_weight" and not opts.sparse:
+        # sum_k cw_k t_k per row, accumulated in float64 through einsum's small buffers:
+        # no N x C float64 copy of a float32 target (and no threaded BLAS: same bits)
+        sample_cw = np.einsum("ij,j->i", target, cw, dtype=np.float64)
+    plan = _reduction.plan(
+        opts.reduction, n_rows, weights=_weights(sample_weight, lay), labels=labels,
+        ignore_class=opts.ignore_class, class_weight=cw, sample_class_weight=sample_cw,
+    )
+
+    grad2 = hess2 = None
+    if want_grad or want_hess:
+        grad2 = _layout.grad_buffer(
+            lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
+        )
+    if want_hess:
+        hess2 = lay.empty()
+    loss64 = np.empty(n_rows)
+    lse = np.empty(n_rows) if want_lse else None
+    if n_rows:
+        bad = run_softmax(opts, lay.x2, plan=plan, loss=loss64, labels=labels, target=target,
+                          grad=grad2, hess=hess2, lse=lse, class_weight=cw, n_threads=nt)
+        if bad:
+            raise label_range_error(bad, labels, y_true, lay.batch_shape, ncls,
+                                    opts.ignore_class)
+        _reduction.zero_if_empty_mean(plan, grad2, hess2)
+
+    return Outcome(
+        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        grad=_layout.grad_result(grad2, lay, grad_out, inplace),
+        hess=None if hess2 is None else lay.from_rows(hess2),
+        lse=None if lse is None else lse.reshape(lay.batch_shape).astype(lay.arr.dtype),
+        denominator=plan.denominator,
+    )
+
+
+def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
+            want_hess=False, want_lse=False, grad_out=None, inplace=False) -> Outcome:
+    """Binary (sigmoid) cross-entropy, averaged over the axis like Keras."""
+    _check_buffers(want_grad, want_hess, grad_out, inplace)
+    if want_hess and not opts.from_logits:
+        raise ValueError("the Hessian is available for from_logits=True only")
+    nt = resolve_n_threads(opts.n_threads)
+    lay = _layout.rows(y_pred, opts.axis, inplace=inplace)
+    n_rows, width = lay.x2.shape
+    pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
+
+    t = as_target_array(y_true, "y_true", lay.arr.dtype)
+    if t.shape != lay.arr.shape:
+        if t.size == lay.arr.size and (
+            t.shape + (1,) == lay.arr.shape or t.shape == lay.arr.shape + (1,)
+        ):
+            t = t.reshape(lay.arr.shape)  # Keras' squeeze_or_expand_to_same_rank
+        else:
+            raise ValueError(
+                f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
+                "binary targets need the shape of y_pred"
+            )
+    z2 = lay.rows_of(t)
+    plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
+
+    grad2 = hess2 = None
+    if want_grad or want_hess:
+        grad2 = _layout.grad_buffer(
+            lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
+        )
+    if want_hess:
+        hess2 = lay.empty()
+    loss64 = np.empty(n_rows)
+    if n_rows:
+        run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
+                    pos_weight=pw, n_threads=nt)
+        _reduction.zero_if_empty_mean(plan, grad2, hess2)
+    return Outcome(
+        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        grad=_layout.grad_result(grad2, lay, grad_out, inplace),
+        hess=None if hess2 is None else lay.from_rows(hess2),
+        denominator=plan.denominator,
+    )

@@ -1,0 +1,100 @@
+"""Reductions: the denominator, each row's gradient scale, and the reduced loss.
+
+Every entry point (the losses, the fused linear head, the metrics, the Dask blocks) plans its
+reduction here *before* the kernel runs, so that each row's gradient scale
+(sample weight x mask / denominator) is applied inside the kernel's single write of the
+gradient, and reduces the kernel's float64 per-row losses here afterwards.  The arithmetic is
+compiled (``fastxent._kernels.plan`` / ``weighted_total``) and shared with the fast path of
+common calls, so both give the same bits: sums run in float64 in fixed lanes and a fixed
+order, independent of the thread count.
+
+Reductions (Keras' names): ``"none"`` (the weighted per-sample losses), ``"sum"``,
+``"sum_over_batch_size"`` (divided by the number of samples not ignored) and
+``"mean_with_sample_weight"`` (divided by the sum of sample weights x each sample's class
+weight).  A zero denominator gives 0.0 (Keras' ``divide_no_nan``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastxent import _kernels
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A reduction planned for ``n_rows`` per-row losses."""
+
+    reduction: str
+    denominator: float  # 1.0 for "none" and "sum"
+    gs0: float  # gradient scale common to all rows: 1 / denominator (0 for a zero one)
+    weights: np.ndarray | None  # per-row sample weight x mask, float64 (None: all ones)
+
+    @property
+    def empty_mean(self) -> bool:
+        """A mean over nothing (every sample ignored, or a zero total weight)."""
+        return self.reduction in ("sum_over_batch_size", "mean_with_sample_weight") and (
+            self.denominator == 0.0
+        )
+
+
+def plan(reduction: str, n_rows: int, *, weights=None, labels=None, ignore_class=None,
+         class_weight=None, sample_class_weight=None) -> Plan:
+    """Plan ``reduction`` (already normalized) over ``n_rows`` rows.
+
+    Parameters
+    ----------
+    weights : float64 ndarray of n_rows, optional
+        Flat sample weights.
+    labels : int64 ndarray of n_rows, optional
+        Flat labels; with ``ignore_class`` their masked rows weigh 0 and are not counted.
+    class_weight : float64 ndarray of classes, optional
+        Per-class weights; with integer labels a ``mean_with_sample_weight`` divides by the
+        sum of ``weights x class_weight[label]`` (PyTorch's weighted mean).
+    sample_class_weight : float64 ndarray of n_rows, optional
+        Each row's class weight for soft targets (``sum_k class_weight_k t_k``).
+    """
+    denom, gs0, weff = _kernels.plan(
+        reduction, n_rows,
+        None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+        None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
+        ignore_class,
+        class_weight if (class_weight is not None and labels is not None
+                         and reduction == "mean_with_sample_weight") else None,
+        None if sample_class_weight is None
+        else np.ascontiguousarray(sample_class_weight, dtype=np.float64),
+    )
+    return Plan(reduction, denom, gs0, weff)
+
+
+def total(loss64: np.ndarray, p: Plan) -> float:
+    """The weighted sum of flat float64 per-row losses (the numerator of every mean)."""
+    return _kernels.weighted_total(loss64, p.weights)
+
+
+def reduce(loss64: np.ndarray, p: Plan, batch_shape: tuple, dtype):
+    """Apply the weights and the reduction to flat float64 per-row losses.
+
+    Returns a Python float, or for ``"none"`` an array of ``batch_shape`` and ``dtype``.
+    """
+    if p.reduction == "none":
+        weighted = loss64 if p.weights is None else loss64 * p.weights
+        return weighted.reshape(batch_shape).astype(dtype)
+    t = total(loss64, p)
+    if p.reduction == "sum":
+        return t
+    return t / p.denominator if p.denominator != 0.0 else 0.0
+
+
+def zero_if_empty_mean(p: Plan, *buffers) -> None:
+    """A mean over nothing is 0.0 and so is its gradient.
+
+    The kernel scaled each row by ``gs0 = 0``, which leaves NaN in a row that holds NaN or
+    +inf (0 * NaN); the loss is 0.0 there (Keras' ``divide_no_nan``), so the gradient is too.
+    """
+    if p.empty_mean:
+        for buf in buffers:
+            if buf is not None:
+                buf.fill(0)
