@@ -23,7 +23,8 @@ would be a barrier before every kernel task, and dask would then run the kernels
 whatever consumes their gradient blocks, holding many of them in a worker's memory.)
 
 ``SoftmaxRegression.fit`` (:mod:`fastxent.sklearn`) with a Dask ``X`` is fitted here,
-data-parallel, by :func:`_fit_softmax_regression`.
+data-parallel, by :func:`_fit_softmax_regression`, on the in-memory fit's objective
+(:mod:`fastxent._glm`).
 
 Workers run the kernels with the OpenMP thread count of their process; the ``distributed``
 nanny sets ``OMP_NUM_THREADS=1`` by default, which is right when every worker thread runs
@@ -45,6 +46,7 @@ from dask.array.core import PerformanceWarning
 from dask.utils import parse_bytes
 
 import fastxent.losses as _np_losses
+from fastxent import _glm
 from fastxent._cache import buffer_cache_info, set_buffer_cache
 from fastxent._validation import (
     as_float_array,
@@ -672,8 +674,6 @@ def _divide_no_nan(numerator, denominator):
     return np.float64(float(numerator) / d if d != 0.0 else 0.0)
 
 
-
-
 # ------------------------------------------------------------ data-parallel training
 
 
@@ -696,6 +696,11 @@ def _cluster_memory(client) -> float:
     return float(sum(limits)) if limits and all(limits) else math.inf
 
 
+def _encode_labels(y_b, classes):
+    """Index of each label in the sorted ``classes`` (np.unique's inverse)."""
+    return np.searchsorted(classes, y_b).astype(np.intp)
+
+
 def _block_training_data(X_b, y_b, sw_b=None, *, classes, class_weight, total):
     """One row block ready for the objective: ``(X_b, class index of each row, sample
     weight x class weight / total)``, after the in-memory fit's check of X's values."""
@@ -703,48 +708,25 @@ def _block_training_data(X_b, y_b, sw_b=None, *, classes, class_weight, total):
     if not np.all(np.isfinite(data)):
         raise ValueError("Input X contains NaN or infinity.")
     y_enc = _encode_labels(y_b, classes)
-    w = np.ones(len(y_enc)) if sw_b is None else np.asarray(sw_b, dtype=np.float64)
-    if class_weight is not None:
-        w = w * class_weight[y_enc]
     out = np.empty(1, dtype=object)
-    out[0] = (X_b, y_enc, w / total)
+    out[0] = (X_b, y_enc, _glm.effective_weights(y_enc, sw_b, class_weight) / total)
     return out
 
 
-def _block_data_term(block, params, *, estimator):
-    """One row block's data term of the SoftmaxRegression objective, packed as
-    ``[[loss, d loss / d params...]]`` (float64, shape (1, 1 + params.size))."""
+def _block_data_term(block, params, *, glm):
+    """One row block's data term of the objective (:meth:`fastxent._glm.GLM.data_loss_grad`),
+    packed as ``[[loss, d loss / d params...]]`` (float64, shape (1, 1 + params.size))."""
     (X_b, y_b, sw_b), = block
     _cache_off_on_workers()
-    value, grad = estimator._data_loss_grad(np.asarray(params), X_b, y_b, sw_b)
+    value, grad = glm.data_loss_grad(np.asarray(params), X_b, y_b, sw_b)
     out = np.empty((1, 1 + grad.size))
     out[0, 0] = value
     out[0, 1:] = grad
     return out
 
 
-def _fit_softmax_regression(estimator, X, y, sample_weight=None):
-    """``SoftmaxRegression.fit(X, y, sample_weight)`` for a dask array ``X``, data-parallel.
-
-    The same objective as the in-memory fit (see :mod:`fastxent.sklearn`): classes, class
-    weights and the normalizing total weight come from reductions over the blocks of ``y``
-    and ``sample_weight``; then every L-BFGS evaluation ships only the parameter vector to
-    the workers (scattered to all of them when a distributed Client is active), each block
-    computes its data term and gradient ``X_b.T @ G_b`` with the compiled kernel
-    (``SoftmaxRegression._data_loss_grad``), the per-block vectors are summed by a tree
-    reduction on the workers, and the client adds the L2 penalty.
-
-    Each row block's features, encoded labels and effective weights are prepared once, as
-    one object on the worker that computes ``X_b``; every evaluation's task for the block
-    depends on that object alone and runs where it lies.  The prepared blocks are persisted
-    when ``X`` takes at most half of the cluster's memory limit; otherwise each evaluation
-    recomputes them from their source, so a dataset larger than the cluster's memory is
-    fitted without being held.
-    """
-    from sklearn.base import clone
-    from sklearn.utils.multiclass import check_classification_targets
-
-    estimator._check_params()
+def _check_X(X) -> da.Array:
+    """``X`` as a 2-D float dask array with its feature axis in one chunk."""
     if not isinstance(X, da.Array):
         raise TypeError(
             f"X must be a dask array, got {type(X).__name__}; for a dask DataFrame pass "
@@ -766,12 +748,15 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
             f"X's feature axis is split across {len(X.chunks[1])} chunks; rechunking it to one "
             "chunk, since every block needs whole rows for its logits.",
             PerformanceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         X = X.rechunk({1: -1})
-    n_samples, n_features = X.shape
-    row_chunks = X.chunks[0]
+    return X
 
+
+def _check_y_and_weights(y, sample_weight, X: da.Array):
+    """``y`` and ``sample_weight`` (None or float64) as 1-D dask arrays chunked like X's rows."""
+    n_samples, row_chunks = X.shape[0], X.chunks[0]
     y = _as_dask(y, "y")
     _check_known_chunks(y, "y")
     if y.ndim == 2 and y.shape[1] == 1:
@@ -781,26 +766,60 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
             f"y must have shape ({n_samples},) to match X with shape {X.shape}, got {y.shape}"
         )
     y = _align(y, (row_chunks,))
-    sw = None
-    if sample_weight is not None:
-        sw = _as_dask(sample_weight, "sample_weight")
-        if sw.ndim == 0:
-            sw = da.broadcast_to(sw, (n_samples,), chunks=(row_chunks,))
-        _check_known_chunks(sw, "sample_weight")
-        if sw.shape != (n_samples,):
-            raise ValueError(
-                f"sample_weight.shape == {sw.shape}, expected ({n_samples},)!"
-            )
-        sw = _align(sw.astype(np.float64), (row_chunks,))
+    if sample_weight is None:
+        return y, None
+    sw = _as_dask(sample_weight, "sample_weight")
+    if sw.ndim == 0:
+        sw = da.broadcast_to(sw, (n_samples,), chunks=(row_chunks,))
+    _check_known_chunks(sw, "sample_weight")
+    if sw.shape != (n_samples,):
+        raise ValueError(f"sample_weight.shape == {sw.shape}, expected ({n_samples},)!")
+    return y, _align(sw.astype(np.float64), (row_chunks,))
+
+
+def _fit_softmax_regression(estimator, X, y, sample_weight=None):
+    """``SoftmaxRegression.fit(X, y, sample_weight)`` for a dask array ``X``, data-parallel.
+
+    The same objective as the in-memory fit (:class:`fastxent._glm.GLM`): classes, class
+    weights and the normalizing total weight come from reductions over the blocks of ``y``
+    and ``sample_weight``; then every L-BFGS evaluation ships only the parameter vector to
+    the workers (scattered to all of them when a distributed Client is active), each block
+    computes its data term and gradient ``X_b.T @ G_b`` with the compiled kernel
+    (:meth:`fastxent._glm.GLM.data_loss_grad`), the per-block vectors are summed by a tree
+    reduction on the workers, and the client adds the L2 penalty.
+
+    Each row block's features, encoded labels and effective weights are prepared once, as
+    one object on the worker that computes ``X_b``; every evaluation's task for the block
+    depends on that object alone and runs where it lies.  The prepared blocks are persisted
+    when ``X`` takes at most half of the cluster's memory limit; otherwise each evaluation
+    recomputes them from their source, so a dataset larger than the cluster's memory is
+    fitted without being held.
+
+    Parameters
+    ----------
+    estimator : SoftmaxRegression
+        Its hyperparameters are read; ``classes_``, ``coef_``, ``intercept_``, ``n_iter_``
+        and ``n_features_in_`` are set.
+    X : dask array of shape (n_samples, n_features)
+        Chunked along the rows (a split feature axis is rechunked with a warning).
+    y, sample_weight : dask or NumPy arrays of shape (n_samples,)
+        Rechunked to X's row chunks.
+
+    Returns
+    -------
+    estimator
+    """
+    from sklearn.utils.multiclass import check_classification_targets
+
+    glm = _glm.check_params(estimator)
+    X = _check_X(X)
+    n_features = X.shape[1]
+    y, sw = _check_y_and_weights(y, sample_weight, X)
 
     # Pass 1 over y (and the weights): the classes.
     classes = np.asarray(da.unique(y).compute())
     check_classification_targets(classes)
-    if len(classes) < 2:
-        raise ValueError(
-            "SoftmaxRegression needs samples of at least 2 classes in the data, but "
-            f"the data contains only one class: {classes[0]!r}"
-        )
+    _glm.check_classes(classes)
     estimator.classes_ = classes
     y_enc = y.map_blocks(_encode_labels, classes, dtype=np.intp, meta=np.empty(0, np.intp))
     # Pass 2: class counts, weighted and not (and a negative-weight check), give the class
@@ -815,19 +834,9 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
     if negative:
         raise ValueError("sample_weight must be non-negative")
     weighted = np.asarray(weighted, dtype=np.float64)
-    present = weighted > 0
-    if np.count_nonzero(present) < 2:  # as the in-memory fit
-        raise ValueError(
-            "SoftmaxRegression needs samples of at least 2 classes with positive "
-            f"sample_weight, got positive weight only for class(es) "
-            f"{classes[present].tolist()}"
-        )
-    class_w = None
-    if estimator.class_weight is not None:
-        class_w = _class_weights(estimator.class_weight, classes, weighted, counts)
+    class_w = _glm.class_weights(estimator.class_weight, classes, counts, weighted)
     total = float(weighted @ class_w) if class_w is not None else float(np.sum(weighted))
-    if not total > 0.0:
-        raise ValueError("sample_weight (times class_weight) sums to zero: nothing to fit")
+    _glm.check_total(total)
     # One (X_b, encoded labels, effective weights) object per row block (see above).
     blocks = da.blockwise(
         _block_training_data, "i", X, "ij", y, "i", *((sw, "i") if sw is not None else ()),
@@ -838,53 +847,22 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
     if client is not None and X.nbytes <= 0.5 * _cluster_memory(client):
         blocks = blocks.persist()
 
-    n_out = 1 if len(classes) == 2 else len(classes)
-    worker_copy = clone(estimator)  # parameters only: what each block's task carries
-
-    def loss_grad(params, blocks, *_):
+    def loss_grad(params, blocks):
         """The objective: data term summed over blocks on the workers, plus the penalty."""
         shared = client.scatter(params, broadcast=True, hash=False) if client else params
         parts = da.blockwise(
             _block_data_term, "ij", blocks, "i", shared, None, new_axes={"j": 1 + params.size},
-            estimator=worker_copy, dtype=np.float64, meta=np.empty((0, 0)),
+            glm=glm, dtype=np.float64, meta=np.empty((0, 0)),
         )
         packed = parts.sum(axis=0).compute()  # a tree reduction on the workers
-        pen, pgrad = estimator._penalty_grad(params, n_features)
+        pen, pgrad = glm.penalty_grad(params, n_features)
         return float(packed[0]) + pen, packed[1:] + pgrad
 
-    estimator._run_lbfgs(blocks, None, None, n_features, n_out, loss_grad=loss_grad)
+    n_out = 1 if k == 2 else k
+    estimator.coef_, estimator.intercept_, estimator.n_iter_ = glm.minimize(
+        loss_grad, (blocks,), n_features, n_out, stacklevel=3
+    )
     estimator.n_features_in_ = n_features
     if hasattr(estimator, "feature_names_in_"):
         del estimator.feature_names_in_
     return estimator
-
-
-def _encode_labels(y_b, classes):
-    """Index of each label in the sorted ``classes`` (np.unique's inverse)."""
-    return np.searchsorted(classes, y_b).astype(np.intp)
-
-
-def _class_weights(class_weight, classes, weighted_counts, counts):
-    """scikit-learn's class weights (as the in-memory fit computes them) from the class
-    counts, weighted by sample_weight and not, without y itself."""
-    import inspect
-
-    from sklearn.utils.class_weight import compute_class_weight
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if "sample_weight" in inspect.signature(compute_class_weight).parameters:
-            # The classes, each once, weighted by their counts: y's weighted bincount.
-            cw = compute_class_weight(class_weight, classes=classes, y=classes,
-                                      sample_weight=weighted_counts)
-        elif class_weight == "balanced":  # pragma: no cover - scikit-learn < 1.6
-            cw = np.sum(counts) / (len(classes) * np.asarray(counts, dtype=np.float64))
-        else:  # pragma: no cover - scikit-learn < 1.6
-            cw = compute_class_weight(class_weight, classes=classes, y=classes)
-    cw = np.array(cw, dtype=np.float64)
-    # "balanced" gives inf to a class whose samples all weigh zero: they stay zero
-    cw[(np.asarray(weighted_counts) <= 0) & ~np.isfinite(cw)] = 0.0
-    if np.any(cw < 0) or not np.all(np.isfinite(cw)):
-        raise ValueError(f"class_weight must be finite and non-negative, got {class_weight!r}")
-    return cw
-
-
