@@ -3,7 +3,8 @@
 :class:`SoftmaxRegression` minimizes the L2-penalized softmax cross-entropy with SciPy's
 L-BFGS-B, taking the loss and the gradient with respect to the logits from one fused kernel
 call (``SparseCategoricalCrossentropy.loss_and_grad``) and the gradient with respect to the
-weights by the chain rule (``G.T @ X``).
+weights by the chain rule (``G.T @ X``).  The objective, its checks and the solver live in
+:mod:`fastxent._glm`, shared with the distributed fit of a Dask ``X`` (:mod:`fastxent.dask`).
 
 This module needs scikit-learn and SciPy (``pip install fastxent[sklearn]``); ``import
 fastxent`` does not import it.
@@ -30,21 +31,14 @@ does change ``LogisticRegression``'s, whose effective ``C`` grows with the weigh
 
 from __future__ import annotations
 
-import inspect
-import numbers
-import warnings
-
 import numpy as np
-import scipy.optimize
 import scipy.special
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-import fastxent as fx
-from fastxent._config import resolve_n_threads
+from fastxent import _glm
+from fastxent._glm import FLOAT_DTYPES as _FLOAT_DTYPES
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -56,29 +50,10 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 __all__ = ["SoftmaxRegression"]
 
-_FLOAT_DTYPES = [np.float64, np.float32]
-
 
 def _is_dask_collection(x) -> bool:
     """True for dask arrays/dataframes, found without importing dask."""
     return type(x).__module__.startswith("dask")
-
-
-def _check_real(value, name: str, *, low=None, low_open=False, high=None, high_open=False):
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    bad = (
-        not np.isfinite(value)
-        or (low is not None and (value <= low if low_open else value < low))
-        or (high is not None and (value >= high if high_open else value > high))
-    )
-    if bad:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        rng = f"{lo}, {hi}" if hi else (f">{'' if low_open else '='} {low}")
-        raise ValueError(f"{name} must be a finite number {rng}, got {value!r}")
-    return value
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -174,119 +149,22 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
-    # ------------------------------------------------------------ validation
-    def _check_params(self):
-        _check_real(self.alpha, "alpha", low=0.0)
-        if not isinstance(self.fit_intercept, bool | np.bool_):
-            raise TypeError(f"fit_intercept must be a bool, got {self.fit_intercept!r}")
-        _check_real(self.label_smoothing, "label_smoothing", low=0.0, high=1.0)
-        cw = self.class_weight
-        if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
-        if isinstance(self.max_iter, bool | np.bool_) or not isinstance(
-            self.max_iter, numbers.Integral
-        ):
-            raise TypeError(f"max_iter must be an int, got {self.max_iter!r}")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
-        _check_real(self.tol, "tol", low=0.0)
-        resolve_n_threads(self.n_threads)  # TypeError/ValueError naming n_threads
-
-    def _effective_sample_weight(self, X, y, y_enc, sample_weight):
+    # ------------------------------------------------------------- objective
+    def _effective_sample_weight(self, X, y_enc, sample_weight):
         """sample_weight x class_weight[y], normalized to sum to one (float64)."""
-        n = X.shape[0]
         n_classes = len(self.classes_)
+        counts = weighted = np.bincount(y_enc, minlength=n_classes)
         sw = None
         if sample_weight is not None:
             sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
             if np.any(sw < 0):
                 raise ValueError("sample_weight must be non-negative")
-            present = np.bincount(y_enc, weights=sw, minlength=n_classes) > 0
-            if np.count_nonzero(present) < 2:
-                raise ValueError(
-                    "SoftmaxRegression needs samples of at least 2 classes with positive "
-                    f"sample_weight, got positive weight only for class(es) "
-                    f"{self.classes_[present].tolist()}"
-                )
-        if self.class_weight is not None:
-            kwargs = {}
-            if sw is not None and "sample_weight" in inspect.signature(
-                compute_class_weight
-            ).parameters:
-                kwargs["sample_weight"] = sw
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cw = compute_class_weight(
-                    self.class_weight, classes=self.classes_, y=y, **kwargs
-                )
-            cw = np.array(cw, dtype=np.float64)
-            if sw is not None:
-                # "balanced" gives inf to a class whose samples all weigh zero: they stay zero
-                cw[~present & ~np.isfinite(cw)] = 0.0
-            if np.any(cw < 0) or not np.all(np.isfinite(cw)):
-                raise ValueError(
-                    f"class_weight must be finite and non-negative, got {self.class_weight!r}"
-                )
-            sw = cw[y_enc] if sw is None else sw * cw[y_enc]
-        if sw is None:
-            return np.full(n, 1.0 / n)
+            weighted = np.bincount(y_enc, weights=sw, minlength=n_classes)
+        cw = _glm.class_weights(self.class_weight, self.classes_, counts, weighted)
+        sw = _glm.effective_weights(y_enc, sw, cw)
         total = float(np.sum(sw))
-        if not total > 0.0:
-            raise ValueError(
-                "sample_weight (times class_weight) sums to zero: nothing to fit"
-            )
+        _glm.check_total(total)
         return sw / total
-
-    # ------------------------------------------------------------- objective
-    def _make_loss(self, binary: bool):
-        if binary:
-            return fx.BinaryCrossentropy(
-                from_logits=True, label_smoothing=self.label_smoothing, reduction="sum",
-                n_threads=self.n_threads,
-            )
-        return fx.SparseCategoricalCrossentropy(
-            from_logits=True, label_smoothing=self.label_smoothing, reduction="sum",
-            n_threads=self.n_threads,
-        )
-
-    def _unpack(self, params, n_features):
-        """Flat parameters -> (coef (n_out, n_features), intercept (n_out,) or None)."""
-        width = n_features + int(self.fit_intercept)
-        W = params.reshape(-1, width)
-        return W[:, :n_features], (W[:, n_features] if self.fit_intercept else None)
-
-    def _data_loss_grad(self, params, X, y, sample_weight):
-        """Data term ``sum_i sample_weight_i * loss_i`` and its gradient wrt ``params``.
-
-        Additive over row blocks of ``(X, y, sample_weight)``, so a distributed fit can sum
-        it over chunks.  ``y`` holds class indices in ``[0, n_out)`` (0/1 when ``params``
-        has one output row, the binary case); ``sample_weight`` is float64 of shape
-        ``(n_samples,)``.  Returns ``(float, ndarray like params)``.
-        """
-        n_features = X.shape[1]
-        coef, intercept = self._unpack(params, n_features)
-        binary = coef.shape[0] == 1
-        dtype = X.dtype if X.dtype in _FLOAT_DTYPES else np.float64
-        Z = X @ coef.T.astype(dtype, copy=False)
-        Z = np.asarray(Z, dtype=dtype)
-        if intercept is not None:
-            Z += intercept.astype(dtype, copy=False)
-        Z = np.ascontiguousarray(Z)
-        loss_fn = self._make_loss(binary)
-        target = np.asarray(y).reshape(-1, 1).astype(dtype) if binary else y
-        loss, G = loss_fn.loss_and_grad(target, Z, sample_weight)
-        grad = np.empty((coef.shape[0], params.size // coef.shape[0]))
-        grad[:, :n_features] = np.asarray(X.T @ G).T
-        if intercept is not None:
-            grad[:, n_features] = G.sum(axis=0, dtype=np.float64)
-        return float(loss), grad.ravel()
-
-    def _penalty_grad(self, params, n_features):
-        """``alpha / 2 * ||coef||^2`` and its gradient wrt ``params`` (zero for intercepts)."""
-        coef, _ = self._unpack(params, n_features)
-        alpha = float(self.alpha)
-        grad = np.zeros((coef.shape[0], params.size // coef.shape[0]))
-        grad[:, :n_features] = alpha * coef
-        return 0.5 * alpha * float(np.vdot(coef, coef)), grad.ravel()
 
     def _loss_grad(self, params, X, y, sample_weight):
         """The full objective minimized by ``fit`` and its gradient wrt the flat ``params``.
@@ -295,47 +173,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         C-order ``(n_out, n_features [+ 1])`` (``n_out = 1`` for binary problems; the last
         column holds the intercepts); ``y`` holds class indices; ``sample_weight`` already
         includes the class weights and is normalized to sum to one.  The value is
-        ``sum_i sample_weight_i * loss_i + alpha / 2 * ||coef||^2``.
-
-        ``fastxent.dask`` passes :meth:`_run_lbfgs` its own objective, which sums the data
-        term over the chunks of a dask array.
+        ``sum_i sample_weight_i * loss_i + alpha / 2 * ||coef||^2``
+        (:meth:`fastxent._glm.GLM.loss_grad`).
         """
-        n_features = X.shape[1]
-        loss, grad = self._data_loss_grad(params, X, y, sample_weight)
-        pen, pgrad = self._penalty_grad(params, n_features)
-        return loss + pen, grad + pgrad
-
-    def _run_lbfgs(self, X, y, sample_weight, n_features, n_out, loss_grad=None):
-        """Minimize ``loss_grad(params, X, y, sample_weight)`` (default :meth:`_loss_grad`)
-        from zeros and set coef_, intercept_, n_iter_."""
-        x0 = np.zeros(n_out * (n_features + int(self.fit_intercept)))
-        res = scipy.optimize.minimize(
-            self._loss_grad if loss_grad is None else loss_grad,
-            x0,
-            args=(X, y, sample_weight),
-            method="L-BFGS-B",
-            jac=True,
-            options={
-                "maxiter": int(self.max_iter),
-                "maxls": 50,
-                "gtol": float(self.tol),
-                "ftol": 64 * np.finfo(float).eps,
-            },
-        )
-        if res.status != 0:
-            warnings.warn(
-                f"SoftmaxRegression: L-BFGS did not converge ({res.message}) after "
-                f"{res.nit} iterations; increase max_iter, loosen tol or scale the data.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        coef, intercept = self._unpack(res.x, n_features)
-        self.coef_ = np.array(coef)
-        self.intercept_ = (
-            np.array(intercept) if intercept is not None else np.zeros(n_out)
-        )
-        self.n_iter_ = np.array([res.nit], dtype=np.int32)
-        return self
+        return _glm.GLM.from_estimator(self).loss_grad(params, X, y, sample_weight)
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y, sample_weight=None):
@@ -363,24 +204,23 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             from fastxent.dask import _fit_softmax_regression
 
             return _fit_softmax_regression(self, X, y, sample_weight)
-        self._check_params()
+        glm = _glm.check_params(self)
         X, y = _validate_data(
             self, X, y, accept_sparse=["csr", "csc"], dtype=_FLOAT_DTYPES, order="C"
         )
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
-        n_classes = len(self.classes_)
-        if n_classes < 2:
-            raise ValueError(
-                "SoftmaxRegression needs samples of at least 2 classes in the data, but "
-                f"the data contains only one class: {self.classes_[0]!r}"
-            )
-        sw = self._effective_sample_weight(X, y, y_enc, sample_weight)
+        _glm.check_classes(self.classes_)
+        y_enc = y_enc.reshape(-1).astype(np.intp)
+        sw = self._effective_sample_weight(X, y_enc, sample_weight)
         if hasattr(X, "tocsr"):
             X = X.tocsr()
-        y_enc = y_enc.reshape(-1).astype(np.intp)
+        n_classes = len(self.classes_)
         n_out = 1 if n_classes == 2 else n_classes
-        return self._run_lbfgs(X, y_enc, sw, X.shape[1], n_out)
+        self.coef_, self.intercept_, self.n_iter_ = glm.minimize(
+            self._loss_grad, (X, y_enc, sw), X.shape[1], n_out, stacklevel=2
+        )
+        return self
 
     # ------------------------------------------------------------ prediction
     def decision_function(self, X):

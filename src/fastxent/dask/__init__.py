@@ -1,0 +1,49 @@
+"""Cross-entropy on Dask arrays, block by block on the workers (``pip install 'fastxent[dask]'``).
+
+The arrays stay where they are: every block of ``y_pred`` (whole rows: the class axis in one
+chunk) runs fastxent's compiled kernel on the worker that holds it, and only per-block scalars
+travel to be combined.
+
+* :func:`categorical_crossentropy`, :func:`sparse_categorical_crossentropy` and
+  :func:`binary_crossentropy` return the per-sample losses as a Dask array, like their NumPy
+  namesakes in :mod:`fastxent`.
+* :class:`CategoricalCrossentropy`, :class:`SparseCategoricalCrossentropy` and
+  :class:`BinaryCrossentropy` take the options of the NumPy classes (they are subclasses);
+  calling one and its ``loss_and_grad`` / ``gradient`` take and return Dask arrays.
+  Reductions are exact, not means of block means.
+
+``SoftmaxRegression.fit`` (:mod:`fastxent.sklearn`) with a Dask ``X`` is fitted here,
+data-parallel, on the in-memory fit's objective (:mod:`fastxent._glm`).
+
+Workers run the kernels with the OpenMP thread count of their process; the ``distributed``
+nanny sets ``OMP_NUM_THREADS=1`` by default, which is right when every worker thread runs
+blocks in parallel.
+
+The package holds ``_losses`` (the loss graphs: the functions and classes above) and ``_fit``
+(the distributed fit, :func:`_fit_softmax_regression`, which ``SoftmaxRegression.fit`` calls
+for a Dask ``X``).
+"""
+
+from fastxent.dask._fit import _fit_softmax_regression  # noqa: F401  (SoftmaxRegression.fit's)
+from fastxent.dask._losses import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    SparseCategoricalCrossentropy,
+    binary_crossentropy,
+    categorical_crossentropy,
+    sparse_categorical_crossentropy,
+)
+
+__all__ = [
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "BinaryCrossentropy",
+]
+
+# The public names are fastxent.dask's (their repr, pickles, help() and doctests say so).
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
