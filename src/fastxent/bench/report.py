@@ -146,10 +146,10 @@ def progress_line(work: Workload, cands: list[dict], rounds: int, how: str) -> s
     parts = []
     for c in cands:
         name = DISPLAY[c["system"]]
-        if c["system"] == "fastxent" and c["role"] != "main":
-            name += " " + _ROLE_LABEL.get(c["role"], f"{c['threads']} thread(s)")
-        elif c.get("threads") is not None and c["system"] != "fastxent" and c["threads"] == 1:
-            name += " (1 thread)"
+        if c.get("role") in _ROLE_LABEL:
+            name += " " + _ROLE_LABEL[c["role"]]
+        elif c["threads"] is not None and (work.thread_scaling or work.busy):
+            name += f" {c['threads']} thread" + ("s" if c["threads"] > 1 else "")
         if c["times"]:
             parts.append(f"{name} {fmt_time(stat(c['times'], how))}")
         elif "error" in c:
@@ -311,11 +311,10 @@ def report_markdown(result: dict, available: dict, args, png_name) -> str:
         f"- Candidates run {where}, interleaved: every round times each candidate once, in an "
         f"order rotated from round to round, after an untimed pause of {args.settle:g} s. "
         f"Each time is the **{args.stat}** over the rounds, after one warm-up call (JAX "
-        "compiled then). Groups of short calls (small, in-cache): each sample times as many "
-        "calls as last at least "
-        f"{result['min_sample_s'] * 1e3:g} ms, and the time per call is the **median** of "
-        "the samples. Copy roofline: `np.copyto(dst, x)` of the logits into a touched buffer "
-        "(one thread).",
+        "compiled then). Short calls (the small and in-cache groups, the 256 x 100 AVX2 rows): "
+        f"each sample times as many calls as last at least {result['min_sample_s'] * 1e3:g} ms, "
+        "and the time per call is the **median** of the samples. Copy roofline: "
+        "`np.copyto(dst, x)` of the logits into a touched buffer (one thread).",
         "- Peer cells: peer time (peer time / fastxent time; above 1 means fastxent is faster). "
         "`n/a`: peer not installed" + (" or `--no-peers`" if args.no_peers else "")
         + "; `—`: not timed on this row (scikit-learn has no probability-target softmax loss; "
