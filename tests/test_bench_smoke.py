@@ -434,3 +434,33 @@ def test_linear_group_with_a_stand_in(tmp_path, monkeypatch):
     assert "N = 48 tokens, d = 8, V = 200" in text
     assert "| fastxent.linear_cross_entropy_and_grad |" in text
     assert "memory of fastxent.linear_cross_entropy_and_grad: call " in log
+
+
+def test_a_failing_peer_is_reported(tmp_path, monkeypatch):
+    """A peer whose worker fails shows as failed; the others are still timed."""
+    def broken(labels, logits):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(peers, "numpy_sparse", broken)
+    monkeypatch.setattr(peers, "installed_peers", lambda enabled: {
+        "available": {"numpy": True, "sklearn": False, "torch": False, "jax": False},
+        "versions": {}})
+    status, text, log = _run(["--tiny", "--in-process", "--only", "small",
+                              "--out-dir", str(tmp_path)])
+    assert status == 0
+    result = _result(tmp_path)
+    assert result["errors"] == {"small": {"numpy": "RuntimeError: broken on purpose"}}
+    assert len(result["rows"]) == 4
+    main_cells = [line.split("|")[6].strip() for line in _table_rows(text)]
+    assert main_cells == ["failed", "—", "failed", "—"]
+    assert "Failures: small: NumPy failed: RuntimeError: broken on purpose." in text
+    assert "NumPy failed (RuntimeError: broken on purpose)" in log
+
+
+def test_avx2_rows_need_a_cpu_with_avx2(tmp_path, monkeypatch):
+    monkeypatch.setattr(fx, "available_isas", lambda: ["baseline"])
+    status, text, _ = _run(["--tiny", "--no-peers", "--only", "avx2", "--out-dir",
+                            str(tmp_path)])
+    assert status == 0
+    assert _result(tmp_path)["rows"] == []
+    assert "AVX2 rows: skipped, this CPU does not support AVX2." in text

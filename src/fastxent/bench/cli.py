@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             result["agreement"][key] = out["agreement"]
             result["raw_times"][key] = out["raw_times"]
             if out["errors"]:
-                result["errors"][work.group] = out["errors"]
+                result["errors"].setdefault(work.group, {}).update(out["errors"])
         if "plot" in groups:
             log("plot: bandwidth against the number of classes")
             result["plot"] = run_plot_sweep(pool, mode, args, available, log)

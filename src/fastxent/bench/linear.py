@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from fastxent.bench.peers import Candidate
-from fastxent.bench.workloads import linear_inputs
+from fastxent.bench.workloads import LINEAR_GOAL_MEMORY, LINEAR_GOAL_TIME, linear_inputs
 
 VARIANTS = ("fused", "unfused", "torch")
 NAMES = {"fused": "fastxent.linear_cross_entropy_and_grad",
@@ -156,7 +156,7 @@ def memory_child(argv: list[str]) -> int:
 
 def run_memory_child(name: str, n: int, d: int, v: int, threads: int, seed: int) -> dict:
     """Run ``memory_child`` in a fresh process; its figures, or ``{"error": ...}``."""
-    from fastxent.bench.timing import worker_env
+    from fastxent.bench.timing import worker_env  # timing imports this module
 
     proc = subprocess.run(
         [sys.executable, "-m", "fastxent.bench._worker", "linear-memory", name,
@@ -181,8 +181,7 @@ def memory_text(mem: dict) -> str:
 
 def rows(cands: list[dict], memory: dict, logits_bytes: int, how: str) -> list[dict]:
     """The group's rows: time against the unfused pipeline, memory, agreement and goals."""
-    from fastxent.bench.timing import stat
-    from fastxent.bench.workloads import LINEAR_GOAL_MEMORY, LINEAR_GOAL_TIME
+    from fastxent.bench.timing import stat  # timing imports this module
 
     by_name = {c["variant"]: c for c in cands if c["times"] and "check" in c}
     if "unfused" not in by_name:

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from fastxent.bench import linear, peers, workloads
+
 
 class Handler:
     """The requests a worker answers (shared by the subprocess and the in-process worker).
@@ -52,8 +54,6 @@ class Handler:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     def setup(self, request: dict) -> dict:
-        from fastxent.bench import linear, peers, workloads
-
         self.cands, self.numbers, self.pending_checks = {}, {}, set()
         gc.collect()
         work = request["workload"]
