@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -129,10 +130,7 @@ def run_workload(pool, work: Workload, args, available: dict, log) -> dict:
     spec = {"kind": work.kind, "shape": list(work.shape), "dtype": work.dtype}
     measure = dict(seed=args.seed, min_sample_s=args.min_sample_s if work.many_calls else 0.0,
                    repeat=args.repeat, budget_s=args.budget, settle_s=args.settle)
-    if work.busy:
-        with timing.busy_core():
-            rounds = pool.measure(spec, cands, **measure)
-    else:
+    with timing.busy_core() if work.busy else contextlib.nullcontext():
         rounds = pool.measure(spec, cands, **measure)
     log(report.progress_line(work, cands, rounds, args.stat))
     return {"rows": report.workload_rows(work, cands, rounds, args.threads, args.stat),
@@ -206,7 +204,7 @@ def _list(mode: str) -> None:
                   "(needs fastxent.linear_cross_entropy_and_grad)")
         for w in works:
             if w.group == group:
-                goals = "; ".join(t.text(2) for t in w.targets)
+                goals = "; ".join(t.text(_default_threads()) for t in w.targets)
                 print(f"{'':<17}{w.label} (goal: {goals})")
 
 
