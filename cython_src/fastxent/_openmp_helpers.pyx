@@ -6,6 +6,7 @@ cdef extern from "fastxent_build.h":
     const char *FASTXENT_BUILD_CFLAGS
     const char *FASTXENT_BUILD_LDFLAGS
     const char *FASTXENT_BUILD_COMPILER
+    const char *FASTXENT_BUILD_OPENMP_NOTE
 
 
 def openmp_enabled():
@@ -28,3 +29,8 @@ def build_flags():
         "cflags": FASTXENT_BUILD_CFLAGS.decode(),
         "ldflags": FASTXENT_BUILD_LDFLAGS.decode(),
     }
+
+
+def build_note():
+    """Why the build is (or is not) multi-threaded: the OpenMP probe's verdict at build time."""
+    return FASTXENT_BUILD_OPENMP_NOTE.decode()
