@@ -230,8 +230,10 @@ def decide_openmp(environ=None, run=_run, get_config_var=sysconfig.get_config_va
     else:
         compile_args, link_args = ["-fopenmp"], ["-fopenmp"]
     ok, reason = probe_openmp(cc, compile_args, link_args, cross=cross, run=run)
-    if cross:
-        reason += f" ({why_cross})"
+    if cross and ok:
+        reason = reason[:-1] + f"; {why_cross})"
+    elif cross:
+        reason += f" (cross build: {why_cross})"
     if ok:
         return OpenMPDecision(True, compile_args, link_args, note=f"OpenMP: {reason}")
     if required:
