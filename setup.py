@@ -26,9 +26,10 @@ Compile flags are chosen for exact IEEE semantics and portability: never ``-ffas
 information (``-g0``, stripped with ``-s`` on Linux) and no run path: the ``-Wl,-rpath`` an
 interpreter's own ``LDSHARED`` may carry (pyenv, custom prefixes) is dropped.  The C API
 floor is pinned with ``NPY_TARGET_VERSION`` to NumPy 1.25, the oldest NumPy declared in
-``pyproject.toml``: a wheel built against NumPy 2.x runs on NumPy >= 1.25.  ``-ffp-contract=off`` keeps the
-compiler from fusing multiply-adds, so that every instruction-set path (chosen at run time,
-see ``cython_src/fastxent/xent_isa.h``) produces bitwise identical results.
+``pyproject.toml``: a wheel built against NumPy 2.x runs on NumPy >= 1.25.
+``-ffp-contract=off`` keeps the compiler from fusing multiply-adds, so that every
+instruction-set path (chosen at run time, see ``cython_src/fastxent/xent_kernels.h``)
+produces bitwise identical results.
 """
 
 import os
