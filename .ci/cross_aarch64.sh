@@ -79,7 +79,8 @@ PYINC=$SYSROOT/usr/include/python3.11:$SYSROOT/usr/include  # pyconfig.h include
 host_suffix=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 target_suffix=$(run_target -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 for so in "$WORK"/src/src/fastxent/*"$host_suffix"; do
-    file "$so" | grep -q "ARM aarch64" || { file "$so" >&2; echo "not an aarch64 module" >&2; exit 1; }
+    desc=$(file "$so")
+    grep -q "ARM aarch64" <<< "$desc" || { echo "$desc: not an aarch64 module" >&2; exit 1; }
     mv "$so" "${so%"$host_suffix"}$target_suffix"
 done
 grep -h "OPENMP_NOTE" "$WORK/src/build/fastxent_generated/fastxent_build.h"
