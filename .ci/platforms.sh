@@ -11,6 +11,8 @@
 #                  kernel + API subset ($KERNEL_TESTS)
 #   clang          apt-get install clang libomp-dev; CC=clang build (LLVM's OpenMP), kernel
 #                  tests + the threadpoolctl tests against libomp
+#   serial         FASTXENT_OPENMP=0 build: show_config gives the reason, n_threads=4 warns
+#                  once; kernel-path and thread-limit tests on the serial build
 #   aarch64        .ci/cross_aarch64.sh: cross build, tests under qemu-user
 #   sdist          python -m build --sdist; pip install the tarball into a fresh venv; python
 #                  -m fastxent; the kernel subset from the unpacked sdist's own tests/
@@ -96,6 +98,30 @@ step_clang() {
 print([i["filepath"] for i in t() if i["user_api"] == "openmp"])') || return 1
     (cd "$dir" && PYTHONPATH=src run_pytest "$PY" tests/test_kernel_paths.py \
         tests/test_determinism.py tests/test_thread_limits.py tests/test_errors.py)
+}
+
+step_serial() {  # FASTXENT_OPENMP=0: a serial build says why, and warns when asked for threads
+    local dir=$WORK/serial
+    copy_tree "$dir" || return 1
+    build_inplace "$dir" "$PY" FASTXENT_OPENMP=0 || return 1
+    (cd "$dir" && PYTHONPATH=src "$PY" -W error::RuntimeWarning - <<'PYEOF'
+import warnings
+import numpy as np
+import fastxent as fx
+from fastxent._config import config_dict
+assert not fx.openmp_enabled()
+assert config_dict()["openmp_build"] == "serial build: FASTXENT_OPENMP=0 was set"
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        fx.sparse_categorical_crossentropy(np.array([0]), np.zeros((1, 3)), n_threads=4)
+assert [str(x.message) for x in w] == [
+    "fastxent was built without OpenMP, so n_threads=4 runs on one thread (serial build: "
+    "FASTXENT_OPENMP=0 was set); see fastxent.show_config()"], [str(x.message) for x in w]
+print("serial build: reason shown, one warning")
+PYEOF
+    ) || return 1
+    (cd "$dir" && PYTHONPATH=src run_pytest "$PY" tests/test_kernel_paths.py tests/test_thread_limits.py)
 }
 
 step_aarch64() {
@@ -199,7 +225,7 @@ assert numpy.__version__.startswith("1.25."), numpy.__version__' || return 1
         --deselect tests/test_kernel_paths.py::test_double_elementary_functions)
 }
 
-ALL=(py312 py313 clang aarch64 sdist wheel oldest-numpy)
+ALL=(py312 py313 clang serial aarch64 sdist wheel oldest-numpy)
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=("${ALL[@]}")
 summary=()
