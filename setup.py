@@ -2,9 +2,19 @@
 
 Environment variables read at build time
 ----------------------------------------
+CC
+    The C compiler, split like a shell would (``CC="ccache gcc"`` works); without it
+    sysconfig's ``CC``, else ``cc``.
+FASTXENT_OPENMP=0 / =1
+    ``0`` builds serial kernels without probing; ``1`` fails the build when the compiler cannot
+    build an OpenMP program (CI sets it).  Unset: probe, and on failure build serial kernels
+    with a warning; the reason is recorded and ``fastxent.show_config()`` prints it.
 FASTXENT_REQUIRE_OPENMP=1
-    Fail the build when the compiler cannot compile, link and run an OpenMP program
-    (CI sets it).  Without it such a compiler gives a serial build and a warning.
+    Alias of ``FASTXENT_OPENMP=1``.
+FASTXENT_CROSS=1 / =0
+    Force / forbid cross-build handling (the probe program is compiled and linked, not run).
+    Detected without it from ``CC -dumpmachine`` and ``sysconfig.get_platform()``.
+    The probe and these rules live in ``buildtools/openmp_probe.py``.
 FASTXENT_SANITIZE=1
     Build with ``-fsanitize=address,undefined`` (and ``-O1 -g``) for the sanitizer run.
     Load ``libasan`` with ``LD_PRELOAD`` when running Python against such a build.
@@ -12,87 +22,63 @@ FASTXENT_DEBUG=1
     ``-O0 -g`` for debugging.
 
 Compile flags are chosen for exact IEEE semantics and portability: never ``-ffast-math``,
-``-Ofast``, ``-ffinite-math-only`` or ``-march=native``.  ``-ffp-contract=off`` keeps the
-compiler from fusing multiply-adds, so that every instruction-set path (chosen at run time,
-see ``cython_src/fastxent/xent_kernels.h``) produces bitwise identical results.
+``-Ofast``, ``-ffinite-math-only`` or ``-march=native``.  Release builds carry no debug
+information (``-g0``, stripped with ``-s`` on Linux) and no run path: the ``-Wl,-rpath`` an
+interpreter's own ``LDSHARED`` may carry (pyenv, custom prefixes) is dropped.  The C API
+floor is pinned with ``NPY_TARGET_VERSION`` to NumPy 1.25, the oldest NumPy declared in
+``pyproject.toml``: a wheel built against NumPy 2.x runs on NumPy >= 1.25.
+``-ffp-contract=off`` keeps the compiler from fusing multiply-adds, so that every
+instruction-set path (chosen at run time, see ``cython_src/fastxent/xent_kernels.h``)
+produces bitwise identical results.
 """
 
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import warnings
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GENERATED = os.path.join(HERE, "build", "fastxent_generated")
+sys.path.insert(0, HERE)
+from buildtools import openmp_probe  # noqa: E402
 
-OPENMP_TEST = r"""
-#include <omp.h>
-#include <stdio.h>
-int main(void) {
-    int n = 0;
-    #pragma omp parallel reduction(+:n)
-    n += 1;
-    printf("%d\n", n > 0 && omp_get_max_threads() > 0);
-    return 0;
-}
-"""
+GENERATED = os.path.join(HERE, "build", "fastxent_generated")
 
 
 def _truthy(name):
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+    return openmp_probe.truthy(os.environ, name)
 
 
-def _compiler():
-    return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+class ReleaseBuildExt(build_ext):
+    """Drops the interpreter's ``-g`` and ``-Wl,-rpath,...`` from the compile/link commands."""
 
-
-def probe_openmp():
-    """Compile, link and run a tiny ``#pragma omp parallel`` program.
-
-    Returns ``(compile_flags, link_flags)`` on success and ``None`` otherwise.
-    """
-    flags = ["-fopenmp"]
-    tmp = tempfile.mkdtemp(prefix="fastxent-omp-")
-    try:
-        src = os.path.join(tmp, "omp_test.c")
-        exe = os.path.join(tmp, "omp_test")
-        with open(src, "w") as f:
-            f.write(OPENMP_TEST)
-        cmd = [_compiler(), *flags, src, "-o", exe, *flags]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            out = subprocess.run([exe], check=True, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if out.stdout.decode().strip() != "1":
-            return None
-        return flags, flags
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def build_extensions(self):
+        cc = self.compiler
+        if getattr(cc, "compiler_type", "") == "unix":
+            for attr in ("compiler_so", "compiler", "compiler_so_cxx"):
+                if getattr(cc, attr, None):
+                    setattr(cc, attr, openmp_probe.drop_debug(getattr(cc, attr)))
+            for attr in ("linker_so", "linker_exe", "linker_so_cxx"):
+                if getattr(cc, attr, None):
+                    setattr(cc, attr, openmp_probe.drop_rpath(getattr(cc, attr)))
+            cc.runtime_library_dirs = []
+        super().build_extensions()
 
 
 def main():
-    omp = probe_openmp()
-    if omp is None:
-        if _truthy("FASTXENT_REQUIRE_OPENMP"):
-            sys.exit(
-                "fastxent: FASTXENT_REQUIRE_OPENMP=1 but the C compiler could not build and "
-                "run an OpenMP program (tried -fopenmp)."
-            )
-        warnings.warn(
-            "fastxent: the C compiler has no working OpenMP; building serial kernels.",
-            stacklevel=1,
-        )
-        omp_compile, omp_link = ["-fopenmp-simd"], []
+    try:
+        omp = openmp_probe.decide_openmp()
+    except (openmp_probe.OpenMPRequiredError, ValueError) as exc:
+        sys.exit(str(exc))
+    if omp.enabled:
+        omp_compile, omp_link = omp.compile_args, omp.link_args
     else:
-        omp_compile, omp_link = omp
+        warnings.warn(f"fastxent: {omp.note}; the kernels will run on one thread.",
+                      stacklevel=1)
+        omp_compile, omp_link = ["-fopenmp-simd"], []
 
     if _truthy("FASTXENT_SANITIZE"):
         opt = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
@@ -101,7 +87,9 @@ def main():
     elif _truthy("FASTXENT_DEBUG"):
         opt, link_extra = ["-O0", "-g"], []
     else:
-        opt, link_extra = ["-O3"], []
+        # release: no debug information, stripped (GNU ld's -s; Apple's ld has no -s)
+        opt = ["-O3", "-g0"]
+        link_extra = ["-s"] if sys.platform.startswith("linux") else []
 
     # Exact IEEE semantics: no fast-math family; no FMA contraction (identical bits on every
     # instruction-set path); errno-free math so that vectorizable code stays vectorizable.
@@ -113,12 +101,18 @@ def main():
     os.makedirs(GENERATED, exist_ok=True)
     with open(os.path.join(GENERATED, "fastxent_build.h"), "w") as f:
         f.write("/* generated by setup.py */\n")
-        f.write(f'#define FASTXENT_BUILD_CFLAGS "{" ".join(compile_args)}"\n')
-        f.write(f'#define FASTXENT_BUILD_LDFLAGS "{" ".join(link_args)}"\n')
-        f.write(f'#define FASTXENT_BUILD_COMPILER "{_compiler()}"\n')
+        c_string = openmp_probe.c_string
+        f.write(f"#define FASTXENT_BUILD_CFLAGS {c_string(' '.join(compile_args))}\n")
+        f.write(f"#define FASTXENT_BUILD_LDFLAGS {c_string(' '.join(link_args))}\n")
+        compiler = " ".join(openmp_probe.compiler_command())
+        f.write(f"#define FASTXENT_BUILD_COMPILER {c_string(compiler)}\n")
+        f.write(f"#define FASTXENT_BUILD_OPENMP {int(omp.enabled)}\n")
+        f.write(f"#define FASTXENT_BUILD_OPENMP_NOTE {c_string(omp.note)}\n")
 
     include_dirs = [np.get_include(), os.path.join(HERE, "cython_src", "fastxent"), GENERATED]
-    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    # NPY_TARGET_VERSION: the oldest NumPy the built extensions run with (pyproject's floor)
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+              ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")]
     kernel_dir = os.path.join("cython_src", "fastxent")
     # the C kernels the modules include: a change to any of them rebuilds the extensions
     headers = sorted(
@@ -139,6 +133,7 @@ def main():
         )
     ]
     setup(
+        cmdclass={"build_ext": ReleaseBuildExt},
         ext_modules=cythonize(
             extensions,
             compiler_directives={

@@ -149,9 +149,9 @@ cdef inline double grad_scale(int red, double denom) noexcept nogil:
     return 1.0 / denom if denom != 0.0 else 0.0
 
 
-cdef inline const double *opt_ptr(object a):
+cdef inline double *opt_ptr(object a):
     """Data pointer of a float64 C-contiguous ndarray, or NULL for None."""
-    return NULL if a is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    return NULL if a is None else <double *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
 def plan(str reduction, int64_t n_rows, weights=None, labels=None, ignore_class=None,
@@ -176,7 +176,7 @@ def plan(str reduction, int64_t n_rows, weights=None, labels=None, ignore_class=
         red, n_rows, opt_ptr(weights),
         NULL if labels is None else <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels),
         has_ignore, ign, opt_ptr(class_weight), ncls, opt_ptr(sample_class_weight),
-        <double *>opt_ptr(weff), <double *>opt_ptr(cls))
+        opt_ptr(weff), opt_ptr(cls))
     return denom, grad_scale(red, denom), weff
 
 
@@ -300,8 +300,9 @@ cdef inline bint weight_vector(object w, int64_t length):
 cdef int resolve_threads(object n_threads) except -1:
     if n_threads is None:
         return max(1, fx_omp_max_threads())
-    if type(n_threads) is int and n_threads > 0:
+    if type(n_threads) is int and (n_threads == 1 or (n_threads > 1 and FX_OPENMP_ENABLED)):
         return n_threads
+    # -1, and more than one thread asked of a serial build (which warns): the Python rules
     from fastxent._config import resolve_n_threads
     return resolve_n_threads(n_threads)
 
@@ -519,6 +520,12 @@ cdef extern from "fastxent_build.h":
     const char *FASTXENT_BUILD_CFLAGS
     const char *FASTXENT_BUILD_LDFLAGS
     const char *FASTXENT_BUILD_COMPILER
+    const char *FASTXENT_BUILD_OPENMP_NOTE
+
+
+def build_note():
+    """Why the build is (or is not) multi-threaded: the OpenMP probe's verdict at build time."""
+    return FASTXENT_BUILD_OPENMP_NOTE.decode()
 
 
 def build_flags():

@@ -23,8 +23,17 @@ def openmp_enabled() -> bool:
 def resolve_n_threads(n_threads) -> int:
     """Validate ``n_threads`` and return the number of OpenMP threads to use.
 
-    None: OpenMP's default (``OMP_NUM_THREADS`` when set, else all processors); -1: every
-    processor available to the process; a positive int: that many.
+    * ``None``: OpenMP's current default team size, ``omp_get_max_threads()``: it honours
+      ``OMP_NUM_THREADS`` and a ``threadpoolctl.threadpool_limits(..., "openmp")`` in force
+      (else it is every processor).
+    * ``-1``: every processor *allowed*: ``min(omp_get_num_procs(), omp_get_max_threads())``,
+      the processors in this process's affinity mask, capped by the same OpenMP limit.  Unlike
+      ``None`` it never exceeds the processor count (``OMP_NUM_THREADS=8`` on 2 cores gives 2).
+    * a positive int: exactly that many; an explicit count overrides ``OMP_NUM_THREADS`` and
+      threadpoolctl limits.
+
+    In a serial build (no OpenMP) every call runs on one thread; asking for more (an explicit
+    count > 1, or ``-1`` on a multi-core machine) warns once with the build's reason.
     """
     if n_threads is None:
         return max(1, _kernels.max_threads())
@@ -37,10 +46,38 @@ def resolve_n_threads(n_threads) -> int:
             f"n_threads must be None or an int, got {type(n_threads).__name__}"
         ) from None
     if n == -1:
-        return max(1, _kernels.num_procs())
+        if not openmp_enabled() and _usable_cpus() > 1:
+            _warn_serial_build(-1)
+        return max(1, min(_kernels.num_procs(), _kernels.max_threads()))
     if n < 1:
         raise ValueError(f"n_threads must be a positive int, -1 (all cores) or None, got {n}")
+    if n > 1 and not openmp_enabled():
+        _warn_serial_build(n)
     return n
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_serial_warned = False
+
+
+def _warn_serial_build(requested: int) -> None:
+    """Warn once per process that a serial build ignores a request for several threads."""
+    global _serial_warned
+    if _serial_warned:
+        return
+    _serial_warned = True
+    warnings.warn(
+        f"fastxent was built without OpenMP, so n_threads={requested} runs on one thread "
+        f"({_kernels.build_note()}); see fastxent.show_config()",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def cpu_isa() -> str:
@@ -95,6 +132,7 @@ def config_dict() -> dict:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "openmp": openmp_enabled(),
+        "openmp_build": _kernels.build_note(),  # why the build is (not) threaded
         "default_n_threads": resolve_n_threads(None),
         "num_procs": _kernels.num_procs(),
         "isa": get_isa(),

@@ -1,0 +1,252 @@
+"""The build's OpenMP probe and release-flag helpers (buildtools/openmp_probe.py).
+
+Fake compilers stand in for real ones: a ``run`` callable that answers like gcc, clang, a
+cross-compiler or a broken toolchain would, and a few executable scripts in a temporary
+directory for the real subprocess path.  Fast: no extension is built.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+from buildtools import openmp_probe as P  # noqa: E402
+
+
+class FakeToolchain:
+    """Answers ``CC -dumpmachine``, ``CC --version``, the compile command and the probe run."""
+
+    def __init__(self, target="x86_64-linux-gnu", version="gcc (Debian 12.2.0) 12.2.0",
+                 compile_ok=True, run_output="1\n", stderr="fatal error: omp.h: No such file"):
+        self.target, self.version = target, version
+        self.compile_ok, self.run_output, self.stderr = compile_ok, run_output, stderr
+        self.calls = []
+
+    def __call__(self, cmd, timeout=120, **kw):
+        self.calls.append(list(cmd))
+        ok = subprocess.CompletedProcess(cmd, 0, "", "")
+        if cmd[-1] == "-dumpmachine":
+            return subprocess.CompletedProcess(cmd, 0, self.target + "\n", "")
+        if cmd[-1] == "--version":
+            return subprocess.CompletedProcess(cmd, 0, self.version + "\n", "")
+        if len(cmd) == 1 and cmd[0].endswith("omp_test"):
+            return subprocess.CompletedProcess(cmd, 0, self.run_output, "")
+        if "-o" in cmd:
+            if not self.compile_ok:
+                return subprocess.CompletedProcess(cmd, 1, "", self.stderr)
+            return ok
+        raise AssertionError(f"unexpected command {cmd}")
+
+    @property
+    def compile_calls(self):
+        return [c for c in self.calls if "-o" in c]
+
+    @property
+    def ran_probe(self):
+        return any(len(c) == 1 and c[0].endswith("omp_test") for c in self.calls)
+
+
+def decide(env, tool, **kw):
+    kw.setdefault("build_machine", "x86_64")
+    kw.setdefault("host_platform", "linux-x86_64")
+    kw.setdefault("sys_platform", "linux")
+    kw.setdefault("get_config_var", lambda name: "gcc")
+    return P.decide_openmp(environ=env, run=tool, **kw)
+
+
+@pytest.mark.parametrize("cc, argv", [
+    ("gcc -pthread", ["gcc", "-pthread"]),
+    ("ccache gcc", ["ccache", "gcc"]),
+    ("  clang  ", ["clang"]),
+    ("'/opt/my cc/bin/gcc' -m64", ["/opt/my cc/bin/gcc", "-m64"]),
+])
+def test_cc_is_split_like_a_shell(cc, argv):
+    assert P.compiler_command({"CC": cc}) == argv
+    tool = FakeToolchain()
+    d = decide({"CC": cc}, tool)
+    assert d.enabled and d.compile_args == ["-fopenmp"]
+    (compile_cmd,) = tool.compile_calls
+    assert compile_cmd[: len(argv)] == argv
+    assert tool.ran_probe
+
+
+@pytest.mark.parametrize("config_cc, argv", [
+    (None, ["cc"]), ("", ["cc"]), ("gcc -pthread", ["gcc", "-pthread"]),
+])
+def test_missing_cc_falls_back(config_cc, argv):
+    assert P.compiler_command({}, get_config_var=lambda name: config_cc) == argv
+
+
+def test_native_build_runs_the_probe_and_checks_its_output():
+    tool = FakeToolchain(run_output="0\n")
+    d = decide({}, tool)
+    assert not d.enabled and tool.ran_probe
+    assert d.note.startswith("serial build:") and "failed" in d.note
+
+
+def test_cross_compiler_is_detected_from_its_target_and_not_run():
+    tool = FakeToolchain(target="aarch64-linux-gnu")
+    d = decide({"CC": "aarch64-linux-gnu-gcc"}, tool)
+    assert d.enabled and not tool.ran_probe
+    assert "cross build" in d.note and "aarch64" in d.note
+
+
+def test_cross_build_from_sysconfig_host_platform():
+    tool = FakeToolchain(target="x86_64-linux-gnu")  # e.g. a wrapper that hides the target
+    d = decide({}, tool, host_platform="linux-aarch64")
+    assert d.enabled and not tool.ran_probe
+    assert "linux-aarch64" in d.note
+
+
+def test_fastxent_cross_env_forces_and_forbids():
+    tool = FakeToolchain()
+    assert decide({"FASTXENT_CROSS": "1"}, tool).enabled and not tool.ran_probe
+    tool = FakeToolchain(target="aarch64-linux-gnu")
+    assert decide({"FASTXENT_CROSS": "0"}, tool).enabled and tool.ran_probe
+
+
+def test_cross_compiler_without_openmp_is_serial_with_reason():
+    tool = FakeToolchain(target="aarch64-linux-gnu", compile_ok=False)
+    d = decide({}, tool)
+    assert not d.enabled and "omp.h" in d.note and not tool.ran_probe
+
+
+@pytest.mark.parametrize("machine, target, cross", [
+    ("x86_64", "x86_64-pc-linux-gnu", False),
+    ("AMD64", "x86_64-w64-mingw32", False),
+    ("arm64", "arm64-apple-darwin23.0.0", False),
+    ("aarch64", "aarch64-unknown-linux-gnu", False),
+    ("x86_64", "aarch64-linux-gnu", True),
+    ("x86_64", "powerpc64le-linux-gnu", True),
+    ("arm64", "x86_64-apple-darwin", True),
+])
+def test_target_triples(machine, target, cross):
+    tool = FakeToolchain(target=target)
+    host = "linux-" + machine
+    got, _ = P.cross_compiling(["cc"], {}, run=tool, build_machine=machine, host_platform=host)
+    assert got is cross
+
+
+def test_dumpmachine_failure_falls_back_to_sysconfig():
+    def run(cmd, **kw):
+        raise FileNotFoundError(cmd[0])
+    assert P.cross_compiling(["cc"], {}, run=run, build_machine="x86_64",
+                             host_platform="linux-x86_64") == (False, "")
+    assert P.cross_compiling(["cc"], {}, run=run, build_machine="x86_64",
+                             host_platform="linux-aarch64")[0]
+    # universal2 builds run natively
+    assert not P.cross_compiling(["cc"], {}, run=run, build_machine="arm64",
+                                 host_platform="macosx-11.0-universal2")[0]
+
+
+def test_apple_clang_gets_the_preprocessor_recipe_and_libomp():
+    tool = FakeToolchain(target="arm64-apple-darwin23.0.0",
+                         version="Apple clang version 15.0.0 (clang-1500.1.0.2.5)")
+    d = decide({"CC": "clang"}, tool, sys_platform="darwin", build_machine="arm64",
+               host_platform="macosx-11.0-arm64", isdir=lambda p: False)
+    assert d.enabled
+    assert d.compile_args == ["-Xpreprocessor", "-fopenmp"] and d.link_args == ["-lomp"]
+    assert tool.ran_probe
+
+
+def test_apple_clang_uses_homebrew_libomp_when_present():
+    brew = "/opt/homebrew/opt/libomp"
+    tool = FakeToolchain(target="arm64-apple-darwin23.0.0", version="Apple clang version 15")
+    d = decide({"CC": "clang"}, tool, sys_platform="darwin", build_machine="arm64",
+               host_platform="macosx-11.0-arm64", isdir=lambda p: p.startswith(brew))
+    assert d.compile_args == ["-Xpreprocessor", "-fopenmp", f"-I{brew}/include"]
+    assert d.link_args == [f"-L{brew}/lib", f"-Wl,-rpath,{brew}/lib", "-lomp"]
+    (compile_cmd,) = tool.compile_calls
+    assert compile_cmd[-3:] == d.link_args
+
+
+def test_llvm_clang_on_macos_and_gcc_on_linux_get_fopenmp():
+    tool = FakeToolchain(version="Homebrew clang version 18.1.8")
+    d = decide({"CC": "clang"}, tool, sys_platform="darwin", build_machine="arm64",
+               host_platform="macosx-11.0-arm64")
+    assert d.compile_args == ["-fopenmp"]
+    # an "Apple clang" --version on Linux is not treated as Apple's toolchain
+    tool = FakeToolchain(version="Apple clang version 15")
+    assert decide({}, tool).compile_args == ["-fopenmp"]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_fastxent_openmp_0_is_serial_without_probing(value):
+    tool = FakeToolchain()
+    d = decide({"FASTXENT_OPENMP": value}, tool)
+    assert not d.enabled and tool.calls == []
+    assert d.note == f"serial build: FASTXENT_OPENMP={value} was set"
+
+
+@pytest.mark.parametrize("env", [{"FASTXENT_OPENMP": "1"}, {"FASTXENT_REQUIRE_OPENMP": "1"}])
+def test_required_openmp_fails_with_the_reason(env):
+    tool = FakeToolchain(compile_ok=False)
+    with pytest.raises(P.OpenMPRequiredError, match=r"=1 but .*omp\.h: No such file"):
+        decide(env, tool)
+    assert decide(env, FakeToolchain()).enabled
+
+
+def test_unavailable_openmp_gives_a_serial_build_with_the_reason():
+    tool = FakeToolchain(compile_ok=False)
+    d = decide({}, tool)
+    assert not d.enabled and d.compile_args == [] and d.link_args == []
+    assert d.note.startswith("serial build: `gcc -fopenmp` could not build an OpenMP program")
+    assert "omp.h" in d.note
+
+
+def test_bad_fastxent_openmp_value():
+    with pytest.raises(ValueError, match="FASTXENT_OPENMP must be 0 or 1, got 'maybe'"):
+        decide({"FASTXENT_OPENMP": "maybe"}, FakeToolchain())
+
+
+def test_missing_compiler_is_reported(tmp_path):
+    d = P.decide_openmp(environ={"CC": str(tmp_path / "no-such-cc")}, build_machine="x86_64",
+                        host_platform="linux-x86_64", sys_platform="linux")
+    assert not d.enabled and "not found" in d.note
+
+
+def _script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell scripts as fake compilers")
+def test_real_subprocess_with_fake_compiler_scripts(tmp_path):
+    # a "compiler" that takes a wrapper argument and writes a probe printing 1
+    cc = _script(tmp_path / "fakecc", 'case "$*" in *-dumpmachine*) echo x86_64-linux-gnu;'
+                 ' exit 0;; esac\n'
+                 'while [ "$1" != "-o" ]; do shift; done\n'
+                 'printf "#!/bin/sh\\necho 1\\n" > "$2"; chmod +x "$2"\n')
+    d = P.decide_openmp(environ={"CC": f"{cc} --wrapped"}, build_machine="x86_64",
+                        host_platform="linux-x86_64", sys_platform="linux")
+    assert d.enabled, d.note
+    broken = _script(tmp_path / "brokencc", 'echo "cc1: error: unrecognized -fopenmp" >&2\n'
+                     'exit 1\n')
+    d = P.decide_openmp(environ={"CC": broken}, build_machine="x86_64",
+                        host_platform="linux-x86_64", sys_platform="linux")
+    assert not d.enabled and "unrecognized -fopenmp" in d.note
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_real_gcc_with_extra_words_in_cc():
+    import platform
+    d = P.decide_openmp(environ={"CC": "gcc -pthread"}, build_machine=platform.machine(),
+                        host_platform=None)
+    assert d.enabled, d.note
+    assert "`gcc -pthread -fopenmp` compiled, linked and ran" in d.note
+
+
+def test_drop_rpath_and_debug():
+    ld = ["gcc", "-shared", "-L/p/lib", "-Wl,-rpath,/p/lib", "-Wl,-rpath=/q", "-Wl,-R/r",
+          "-Wl,-rpath", "-Wl,/s", "-Wl,--enable-new-dtags", "-fopenmp"]
+    assert P.drop_rpath(ld) == ["gcc", "-shared", "-L/p/lib", "-fopenmp"]
+    cflags = ["gcc", "-g", "-fwrapv", "-O3", "-g3", "-ggdb", "-gdwarf-4", "-Wall", "-gsplit"]
+    assert P.drop_debug(cflags) == ["gcc", "-fwrapv", "-O3", "-Wall", "-gsplit"]
+
+
+def test_c_string_escapes():
+    assert P.c_string('a "b" \\c\nd') == '"a \\"b\\" \\\\c d"'
