@@ -19,7 +19,6 @@ whatever consumes their gradient blocks, holding many of them in a worker's memo
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,8 @@ from dask.array.core import PerformanceWarning
 from dask.utils import parse_bytes
 
 import fastxent.losses as _np_losses
+from fastxent import _reduction
+from fastxent._errors import LabelRangeError
 from fastxent._cache import buffer_cache_info, set_buffer_cache
 from fastxent._validation import (
     as_float_array,
@@ -532,9 +533,6 @@ def _block_inputs(y_true_b, rest, axis, sparse, weight, n_weight_arrays):
     return y_true_b, weight, rest
 
 
-_POSITION = re.compile(r"at position \(([^()]*)\)")
-
-
 def _cache_off_on_workers() -> None:
     """On a distributed worker, turn fastxent's cache of freed gradient blocks off: a worker's
     memory is Dask's to manage (its memory limit counts the process's RSS), and blocks kept
@@ -550,24 +548,30 @@ def _cache_off_on_workers() -> None:
 
 
 def _run_block(call, block_info, axis):
-    """Run ``call()``; a ValueError naming a position inside the block is re-raised with the
-    position in the whole array."""
+    """Run ``call()``; a bad label is re-raised with its position in the whole array, any
+    other ValueError with the block it came from."""
     _cache_off_on_workers()
     try:
         return call()
+    except LabelRangeError as exc:
+        origin = _block_origin(block_info, axis)
+        if origin is None or len(origin) != len(exc.position):
+            raise
+        pos = tuple(int(o + p) for o, p in zip(origin, exc.position, strict=True))
+        raise LabelRangeError(pos, exc.value, exc.n_classes, exc.count,
+                              argument=exc.argument) from exc
     except ValueError as exc:
-        if not block_info:
+        origin = _block_origin(block_info, axis)
+        if origin is None:
             raise
-        origin = [lo for i, (lo, _) in enumerate(block_info[0]["array-location"]) if i != axis]
-        msg = str(exc)
-        match = _POSITION.search(msg)
-        if match is None:
-            raise ValueError(f"{msg} (in the block of y_pred starting at {tuple(origin)})") from exc
-        local = [int(p) for p in re.findall(r"-?\d+", match.group(1))]
-        if len(local) != len(origin):
-            raise
-        pos = tuple(int(o + p) for o, p in zip(origin, local, strict=True))
-        raise ValueError(msg[:match.start()] + f"at position {pos}" + msg[match.end():]) from exc
+        raise ValueError(f"{exc} (in the block of y_pred starting at {origin})") from exc
+
+
+def _block_origin(block_info, axis) -> tuple | None:
+    """Where this block starts in the whole array, the class axis left out."""
+    if not block_info:
+        return None
+    return tuple(lo for i, (lo, _) in enumerate(block_info[0]["array-location"]) if i != axis)
 
 
 def _block_per_sample(y_pred_b, y_true_b, *rest, obj, axis, sparse, weight, n_weight_arrays,
@@ -615,7 +619,7 @@ def _pick_grad(pairs: da.Array, job: _Job) -> da.Array:
 
 def _block_denominator(y_true_b, *rest, kind, reduction, ignore_class, class_weight, axis,
                        target_dtype, weight, block_info=None):
-    """This block's share of the denominator of ``reduction`` (as ``_engine._plan``): the
+    """This block's share of the denominator of ``reduction`` (``fastxent._reduction``): the
     number of non-ignored samples, or the sum over non-ignored samples of sample weight x
     the sample's class weight (from the unsmoothed targets).  Reads labels and weights only."""
     if rest:
@@ -625,20 +629,18 @@ def _block_denominator(y_true_b, *rest, kind, reduction, ignore_class, class_wei
 
     def share() -> float:
         labels = as_labels(y_true_b, batch_shape, axis, y_true_b.ndim) if kind == "sparse" else None
-        valid = None if ignore_class is None else labels != ignore_class
-        if reduction == "sum_over_batch_size":
-            return float(n_rows if valid is None else np.count_nonzero(valid))
         w = broadcast_sample_weight(weight, batch_shape)
-        base = np.ones(n_rows) if w is None else np.ascontiguousarray(w).reshape(-1)
-        if valid is not None:
-            base = base * valid
-        if class_weight is not None and kind == "sparse":
-            base = base * np.take(class_weight, labels, mode="clip")
-        elif class_weight is not None:
+        sample_cw = None
+        if class_weight is not None and kind != "sparse" and reduction != "sum_over_batch_size":
             t = as_target_array(y_true_b, "y_true", np.dtype(target_dtype))
-            base = base * (np.moveaxis(t, axis, -1).reshape(n_rows, -1).astype(np.float64)
-                           @ class_weight)
-        return float(np.sum(base))
+            sample_cw = (np.moveaxis(t, axis, -1).reshape(n_rows, -1).astype(np.float64)
+                         @ class_weight)
+        plan = _reduction.plan(
+            reduction, n_rows, weights=None if w is None else np.reshape(w, -1),
+            labels=labels, ignore_class=ignore_class, class_weight=class_weight,
+            sample_class_weight=sample_cw,
+        )
+        return plan.denominator
 
     return np.full((1,) * y_true_b.ndim, _run_block(share, block_info, axis))
 
