@@ -89,14 +89,21 @@ def _build_sigmoid(from_logits, label_smoothing, axis, pos_weight, epsilon, redu
 
 @functools.lru_cache(maxsize=512)
 def _cached(builder, key):
-    return builder(*(value for _, value in key))
+    return builder(*key[0])
 
 
 def _build(builder, args: tuple) -> Options:
-    """``builder(*args)``, cached when every argument is a hashable scalar."""
-    if all(a is None or isinstance(a, bool | int | float | str | np.generic) for a in args):
-        return _cached(builder, tuple((type(a), a) for a in args))
-    return builder(*args)
+    """``builder(*args)``, cached when every argument is hashable.
+
+    The key holds each argument's type beside its value: ``1 == True`` and ``0 == 0.0``, but
+    ``from_logits=1`` must still be refused after ``from_logits=True`` was accepted.
+    """
+    key = (args, tuple(map(type, args)))
+    try:
+        hash(key)
+    except TypeError:  # an array of weights: built afresh
+        return builder(*args)
+    return _cached(builder, key)
 
 
 def softmax_options(*, sparse: bool, from_logits=False, label_smoothing=0.0, axis=-1,

@@ -31,13 +31,14 @@ from dask.utils import parse_bytes
 
 import fastxent.losses as _np_losses
 from fastxent import _reduction
-from fastxent._errors import LabelRangeError
 from fastxent._cache import buffer_cache_info, set_buffer_cache
+from fastxent._errors import LabelRangeError
 from fastxent._validation import (
     as_float_array,
     as_labels,
     as_target_array,
     broadcast_sample_weight,
+    check_weight_vector,
     normalize_axis,
 )
 
@@ -509,15 +510,24 @@ def _align_sample_weight(sample_weight, batch_shape: tuple, axis: int, chunks: t
 
 
 def _validate_options(obj, kind, y_pred, y_true, weight) -> None:
-    """Run ``obj`` on zero-row stand-ins: dtype and option errors (class_weight length,
-    epsilon, z_loss, labels' dtype, ...) are raised now, with fastxent's own messages,
-    rather than on a worker at compute time."""
-    n_classes = y_pred.shape[normalize_axis(obj.axis, y_pred.ndim)]
-    probe = type(obj).from_config({**obj.get_config(), "axis": -1})
-    pred = np.empty((0, n_classes), y_pred.dtype)
-    true = np.empty((0,) if kind == "sparse" else (0, n_classes), y_true.dtype)
-    sw = weight if not isinstance(weight, da.Array) else np.empty(0)
-    probe.loss_and_grad(true, pred, sw)
+    """What the blocks would refuse, checked now against the arrays' metadata (dtypes, the
+    class axis, weight lengths), with fastxent's own messages, rather than on a worker at
+    compute time.  The options themselves were validated when ``obj`` was built."""
+    opts = obj._options
+    n_classes = y_pred.shape[normalize_axis(opts.axis, y_pred.ndim)]
+    if n_classes == 0:
+        raise ValueError(f"y_pred has an empty class axis (axis={opts.axis}, shape "
+                         f"{y_pred.shape})")
+    check_weight_vector(opts.class_weight, "class_weight", n_classes, "class")
+    check_weight_vector(opts.pos_weight, "pos_weight", n_classes, "element of the class axis")
+    if kind == "sparse":
+        as_labels(np.empty(0, y_true.dtype), (0,), 0, 1)
+    else:
+        as_target_array(np.empty(0, y_true.dtype), "y_true", y_pred.dtype)
+    if weight is not None:
+        broadcast_sample_weight(np.empty(0, np.asarray(weight).dtype
+                                         if not isinstance(weight, da.Array)
+                                         else weight.dtype), (0,))
 
 
 # ------------------------------------------------------------ functions run per block
