@@ -207,8 +207,25 @@ cdef int64_t run_job(fx_job *J, bint softmax, bint release) except? -2:
     return ret
 
 
-cdef void fill_params(fx_job *J, double keep, double spread, double zloss, double eps,
-                      double gs0, object class_weight, object pos_weight, object ignore_class):
+cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int64_t n_rows,
+                   int64_t n_cols, const void *x, void *grad, void *hess, const void *target,
+                   const int64_t *labels, const double *gscale, double *loss, double *lse,
+                   double keep, double spread, double zloss, double eps, double gs0,
+                   object class_weight, object pos_weight, object ignore_class):
+    """Every field of a kernel call, named (the one place a job is filled in)."""
+    J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
+    J.from_logits = from_logits
+    J.n_threads = n_threads
+    J.n_rows = n_rows
+    J.n_cols = n_cols
+    J.x = x
+    J.grad = grad
+    J.hess = hess
+    J.target = target
+    J.labels = labels
+    J.gscale = gscale
+    J.loss = loss
+    J.lse = lse
     J.P.keep = keep
     J.P.spread = spread
     J.P.zloss = zloss
@@ -231,20 +248,11 @@ def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
     that were not ``ignore_class``.
     """
     cdef fx_job J
-    J.dtype = FX_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else FX_FLOAT64
-    J.from_logits = from_logits
-    J.n_threads = n_threads
-    J.n_rows = cnp.PyArray_DIM(x, 0)
-    J.n_cols = cnp.PyArray_DIM(x, 1)
-    J.x = cnp.PyArray_DATA(x)
-    J.grad = data_or_null(grad)
-    J.hess = data_or_null(hess)
-    J.target = data_or_null(target)
-    J.labels = <const int64_t *>data_or_null(labels)
-    J.gscale = opt_ptr(gscale)
-    J.loss = <double *>cnp.PyArray_DATA(loss)
-    J.lse = <double *>data_or_null(lse)
-    fill_params(&J, keep, spread, zloss, eps, gs0, class_weight, None, ignore_class)
+    fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
+             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
+             data_or_null(hess), data_or_null(target), <const int64_t *>data_or_null(labels),
+             opt_ptr(gscale), <double *>cnp.PyArray_DATA(loss), <double *>data_or_null(lse),
+             keep, spread, zloss, eps, gs0, class_weight, None, ignore_class)
     return run_job(&J, True, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 
@@ -254,20 +262,11 @@ def sigmoid(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale
     """Mean over each row of the elementwise binary cross-entropy; gradient (and, from
     logits, the Hessian diagonal) scaled by ``gs0 * gscale[row] / row length``."""
     cdef fx_job J
-    J.dtype = FX_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else FX_FLOAT64
-    J.from_logits = from_logits
-    J.n_threads = n_threads
-    J.n_rows = cnp.PyArray_DIM(x, 0)
-    J.n_cols = cnp.PyArray_DIM(x, 1)
-    J.x = cnp.PyArray_DATA(x)
-    J.grad = data_or_null(grad)
-    J.hess = data_or_null(hess)
-    J.target = cnp.PyArray_DATA(target)
-    J.labels = NULL
-    J.gscale = opt_ptr(gscale)
-    J.loss = <double *>cnp.PyArray_DATA(loss)
-    J.lse = NULL
-    fill_params(&J, keep, spread, 0.0, eps, gs0, None, pos_weight, None)
+    fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
+             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
+             data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
+             <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, eps, gs0, None,
+             pos_weight, None)
     run_job(&J, False, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 
@@ -376,22 +375,11 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         denom = plan_rows(o._red, N, opt_ptr(sample_weight), labels,
                           o.ignore_class is not None, o.ignore_class or 0,
                           opt_ptr(o.class_weight), C, NULL, weff, scratch + 2 * N)
-        J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
-        J.from_logits = o.from_logits
-        J.n_threads = n_threads
-        J.n_rows = N
-        J.n_cols = C
-        J.x = cnp.PyArray_DATA(x)
-        J.grad = NULL if grad is None else cnp.PyArray_DATA(grad)
-        J.hess = NULL
-        J.target = NULL if labels != NULL else cnp.PyArray_DATA(t)
-        J.labels = labels
-        J.gscale = weff
-        J.loss = loss
-        J.lse = NULL
-        fill_params(&J, o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss,
-                    o.epsilon, grad_scale(o._red, denom), o.class_weight, o.pos_weight,
-                    o.ignore_class)
+        fill_job(&J, typenum, o.from_logits, n_threads, N, C, cnp.PyArray_DATA(x),
+                 NULL if grad is None else cnp.PyArray_DATA(grad), NULL,
+                 NULL if labels != NULL else cnp.PyArray_DATA(t), labels, weff, loss, NULL,
+                 o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss, o.epsilon,
+                 grad_scale(o._red, denom), o.class_weight, o.pos_weight, o.ignore_class)
         bad = run_job(&J, softmax, size >= NOGIL_ELEMENTS)
         if bad:
             return None

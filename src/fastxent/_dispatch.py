@@ -64,6 +64,19 @@ def _check_buffers(want_grad, want_hess, grad_out, inplace):
         raise ValueError("inplace=True is not available with the Hessian")
 
 
+def _outputs(lay: _layout.Rows, y_true, sample_weight, want_grad, want_hess, grad_out,
+             inplace):
+    """The (rows, classes) gradient and Hessian buffers a call writes (None when unwanted)."""
+    grad2 = hess2 = None
+    if want_grad or want_hess:
+        grad2 = _layout.grad_buffer(
+            lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
+        )
+    if want_hess:
+        hess2 = lay.empty()
+    return grad2, hess2
+
+
 def _weights(sample_weight, lay: _layout.Rows):
     w = broadcast_sample_weight(sample_weight, lay.batch_shape)
     return None if w is None else as_kernel_array(w).reshape(-1)
@@ -126,13 +139,7 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         ignore_class=opts.ignore_class, class_weight=cw, sample_class_weight=sample_cw,
     )
 
-    grad2 = hess2 = None
-    if want_grad or want_hess:
-        grad2 = _layout.grad_buffer(
-            lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
-        )
-    if want_hess:
-        hess2 = lay.empty()
+    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, grad_out, inplace)
     loss64 = np.empty(n_rows)
     lse = np.empty(n_rows) if want_lse else None
     if n_rows:
@@ -177,13 +184,7 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     z2 = lay.rows_of(t)
     plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
 
-    grad2 = hess2 = None
-    if want_grad or want_hess:
-        grad2 = _layout.grad_buffer(
-            lay, grad_out, inplace, [("y_true", y_true), ("sample_weight", sample_weight)]
-        )
-    if want_hess:
-        hess2 = lay.empty()
+    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, grad_out, inplace)
     loss64 = np.empty(n_rows)
     if n_rows:
         run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
