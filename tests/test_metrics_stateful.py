@@ -476,3 +476,73 @@ def test_dask_two_dimensional_blocks_and_bad_label_position(rng):
         Perplexity().update_state(da.from_array(bad, chunks=(5, 10)),
                                   da.from_array(logits, chunks=(5, 10, 9)))
     assert info.value.position == (13, 17)
+
+
+# ------------------------------------------------------- faults on a real LocalCluster
+
+
+def _slow_logits(block_info=None, *, seed, n_cols, delay):
+    """Seeded normals for a block (the same wherever and however often it is computed),
+    slowly, so that a worker can be killed while blocks are running."""
+    import time
+
+    lo, hi = block_info[None]["array-location"][0]
+    time.sleep(delay)
+    return np.random.default_rng([seed, lo]).standard_normal((hi - lo, n_cols),
+                                                              dtype=np.float32)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL of a worker")
+def test_worker_killed_mid_evaluation_gives_the_same_bits():
+    """2 worker processes on 127.0.0.1; one is SIGKILLed while the metric's blocks run: its
+    blocks are recomputed on the other worker (or its restarted self) and the result is
+    bitwise the undisturbed one, and the in-process one."""
+    import signal
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    import cloudpickle
+    import dask
+    import dask.array as da
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    src = os.path.dirname(os.path.dirname(os.path.abspath(fx.__file__)))
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    n_blocks, rows, n_cols, delay = 40, 256, 300, 0.1
+    labels = (np.arange(n_blocks * rows) * 7919 % n_cols).astype(np.int64)
+    labels[::9] = -1
+
+    def inputs(delay=delay):
+        logits = da.map_blocks(_slow_logits, seed=11, n_cols=n_cols, delay=delay,
+                               chunks=((rows,) * n_blocks, (n_cols,)), dtype=np.float32,
+                               meta=np.empty((0, 0), np.float32))
+        return da.from_array(labels, chunks=rows), logits
+
+    def run(**kw):
+        m = SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+        m.update_state(*inputs(**kw))
+        return m
+
+    with dask.config.set(scheduler="sync"):
+        local = run(delay=0.0)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 5}), distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0", memory_limit=320_000_000,
+        env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+    ) as cluster, distributed.Client(cluster) as client:
+        quiet = run()
+        victim = sorted(client.run(os.getpid).items())[0][1]
+        box = {}
+        worker = threading.Thread(target=lambda: box.setdefault("m", run()))
+        worker.start()
+        time.sleep(0.6)  # about a third of the blocks done
+        alive_at_kill = worker.is_alive()
+        os.kill(victim, signal.SIGKILL)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        assert alive_at_kill, "the evaluation ended before the worker was killed"
+        disturbed = box["m"]
+        assert victim not in client.run(os.getpid).values()
+    assert (disturbed.total, disturbed.count) == (quiet.total, quiet.count)
+    assert disturbed.result() == quiet.result() == local.result()
