@@ -84,9 +84,17 @@ class _Metric:
     def _finish(self, mean: float) -> float:
         return mean
 
+    _loss_name = ""  # the class of fastxent.losses with the same options
+
+    def _loss_kwargs(self) -> dict:
+        return self._options_config()
+
     def _loss_object(self):
         """The NumPy loss (``reduction="sum"``) with this metric's options (for Dask)."""
-        raise NotImplementedError
+        from fastxent import losses
+
+        return getattr(losses, self._loss_name)(reduction="sum", n_threads=self.n_threads,
+                                                **self._loss_kwargs())
 
     # -- state -----------------------------------------------------------------------------
     def _batch_state(self, y_true, y_pred, sample_weight=None) -> tuple[float, float]:
@@ -199,11 +207,22 @@ class _Metric:
         return f"{type(self).__name__}({args})"
 
 
-class CategoricalCrossentropy(_Metric):
+class _SmoothedMetric(_Metric):
+    """The metrics whose options are ``from_logits``, ``label_smoothing`` and ``axis``."""
+
+    def _options_config(self) -> dict:
+        o = self._options
+        return {"from_logits": o.from_logits, "label_smoothing": o.label_smoothing,
+                "axis": o.axis}
+
+
+class CategoricalCrossentropy(_SmoothedMetric):
     """Running categorical cross-entropy, as ``keras.metrics.CategoricalCrossentropy``.
 
     The sample-weighted mean of :func:`fastxent.categorical_crossentropy` over every batch
     given to :meth:`update_state`: ``sum_i w_i l_i / sum_i w_i``, accumulated in float64.
+    Targets of y_pred's dtype are read in place; others (integer one-hot) are converted to
+    it, a copy of the batch's size.
 
     Parameters
     ----------
@@ -229,6 +248,7 @@ class CategoricalCrossentropy(_Metric):
     """
 
     _default_name = "categorical_crossentropy"
+    _loss_name = "CategoricalCrossentropy"
 
     def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0.0,
                  axis=-1, *, n_threads=None):
@@ -237,15 +257,6 @@ class CategoricalCrossentropy(_Metric):
             reduction="mean_with_sample_weight", n_threads=n_threads)
         super().__init__(name, dtype, n_threads)
 
-    def _options_config(self) -> dict:
-        o = self._options
-        return {"from_logits": o.from_logits, "label_smoothing": o.label_smoothing,
-                "axis": o.axis}
-
-    def _loss_object(self):
-        from fastxent.losses import CategoricalCrossentropy as Loss
-
-        return Loss(reduction="sum", n_threads=self.n_threads, **self._options_config())
 
 
 class SparseCategoricalCrossentropy(_Metric):
@@ -278,6 +289,7 @@ class SparseCategoricalCrossentropy(_Metric):
     """
 
     _default_name = "sparse_categorical_crossentropy"
+    _loss_name = "SparseCategoricalCrossentropy"
 
     def __init__(self, name=None, dtype=None, from_logits=False, ignore_class=None, axis=-1,
                  *, n_threads=None):
@@ -290,13 +302,8 @@ class SparseCategoricalCrossentropy(_Metric):
         o = self._options
         return {"from_logits": o.from_logits, "ignore_class": o.ignore_class, "axis": o.axis}
 
-    def _loss_object(self):
-        from fastxent.losses import SparseCategoricalCrossentropy as Loss
 
-        return Loss(reduction="sum", n_threads=self.n_threads, **self._options_config())
-
-
-class BinaryCrossentropy(_Metric):
+class BinaryCrossentropy(_SmoothedMetric):
     """Running binary cross-entropy, as ``keras.metrics.BinaryCrossentropy``.
 
     Each sample's loss is the mean over ``axis`` (:func:`fastxent.binary_crossentropy`);
@@ -322,6 +329,7 @@ class BinaryCrossentropy(_Metric):
     """
 
     _default_name = "binary_crossentropy"
+    _loss_name = "BinaryCrossentropy"
 
     def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0.0,
                  axis=-1, *, n_threads=None):
@@ -330,15 +338,6 @@ class BinaryCrossentropy(_Metric):
             reduction="mean_with_sample_weight", n_threads=n_threads)
         super().__init__(name, dtype, n_threads)
 
-    def _options_config(self) -> dict:
-        o = self._options
-        return {"from_logits": o.from_logits, "label_smoothing": o.label_smoothing,
-                "axis": o.axis}
-
-    def _loss_object(self):
-        from fastxent.losses import BinaryCrossentropy as Loss
-
-        return Loss(reduction="sum", n_threads=self.n_threads, **self._options_config())
 
 
 class Perplexity(_Metric):
@@ -376,6 +375,7 @@ class Perplexity(_Metric):
     """
 
     _default_name = "perplexity"
+    _loss_name = "SparseCategoricalCrossentropy"
 
     def __init__(self, from_logits=True, mask_token_id=None, name=None, dtype=None, axis=-1,
                  *, n_threads=None):
@@ -395,14 +395,14 @@ class Perplexity(_Metric):
         return {"from_logits": o.from_logits, "mask_token_id": o.ignore_class, "axis": o.axis}
 
     def _finish(self, mean: float) -> float:
-        return math.exp(mean) if mean < 709.78 else math.inf
+        try:
+            return math.exp(mean)
+        except OverflowError:
+            return math.inf
 
-    def _loss_object(self):
-        from fastxent.losses import SparseCategoricalCrossentropy as Loss
-
+    def _loss_kwargs(self) -> dict:
         o = self._options
-        return Loss(reduction="sum", n_threads=self.n_threads, from_logits=o.from_logits,
-                    ignore_class=o.ignore_class, axis=o.axis)
+        return {"from_logits": o.from_logits, "ignore_class": o.ignore_class, "axis": o.axis}
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -514,7 +514,8 @@ def evaluate(metric, y_true, y_pred, *, sample_weight=None, batch_rows=None, pro
     sliced_weight = (sample_weight is not None and np.ndim(sample_weight) > 0
                      and np.shape(sample_weight)[0] == n)
 
-    maps = (_mapping(y_true), _mapping(y_pred))
+    maps = (_mapping(y_true), _mapping(y_pred),
+            _mapping(sample_weight) if sliced_weight else None)
     bar = _progress_bar(progress, n, metric.name)
     try:
         for lo in range(0, n, int(batch_rows)):
@@ -522,7 +523,7 @@ def evaluate(metric, y_true, y_pred, *, sample_weight=None, batch_rows=None, pro
             t, p = y_true[lo:hi], y_pred[lo:hi]
             w = sample_weight[lo:hi] if sliced_weight else sample_weight
             metric.update_state(t, p, w)
-            for chunk, mapping in zip((t, p), maps, strict=True):
+            for chunk, mapping in zip((t, p, w), maps, strict=True):
                 if mapping is not None:
                     _release(chunk, mapping)
             if bar is not None:
