@@ -546,3 +546,19 @@ def test_worker_killed_mid_evaluation_gives_the_same_bits():
         assert victim not in client.run(os.getpid).values()
     assert (disturbed.total, disturbed.count) == (quiet.total, quiet.count)
     assert disturbed.result() == quiet.result() == local.result()
+
+
+@pytest.mark.parametrize("weight_shape", [None, (6,), (6, 7)])
+def test_sequences_match_keras(rng, keras, weight_shape):
+    """(batch, time, classes) with per-sequence or per-token weights: Keras reduces each
+    sequence to its mean first; the weighted means agree."""
+    y = rng.integers(0, 5, (6, 7))
+    x = rng.normal(size=(6, 7, 5)).astype(np.float32)
+    w = None if weight_shape is None else rng.uniform(0.1, 2, weight_shape).astype(np.float32)
+    ours = SparseCategoricalCrossentropy(from_logits=True)
+    theirs = keras.metrics.SparseCategoricalCrossentropy(from_logits=True)
+    for lo, hi in [(0, 2), (2, 6)]:
+        sw = None if w is None else w[lo:hi]
+        ours.update_state(y[lo:hi], x[lo:hi], sw)
+        theirs.update_state(y[lo:hi], x[lo:hi], sample_weight=sw)
+    assert ours.result() == pytest.approx(float(theirs.result()), rel=2e-6)
