@@ -562,3 +562,17 @@ def test_sequences_match_keras(rng, keras, weight_shape):
         ours.update_state(y[lo:hi], x[lo:hi], sw)
         theirs.update_state(y[lo:hi], x[lo:hi], sample_weight=sw)
     assert ours.result() == pytest.approx(float(theirs.result()), rel=2e-6)
+
+
+@pytest.mark.parametrize("mode", ["r+", "c"])
+def test_evaluate_keeps_changes_to_a_writable_memmap(rng, tmp_path, mode):
+    y, x = data(rng, "sparse", n=3000, c=64)
+    path = tmp_path / "logits.f32"
+    x.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode=mode, shape=x.shape)
+    mm[::7] += 1.0  # changed in memory, not flushed
+    x[::7] += 1.0
+    m = SparseCategoricalCrossentropy(from_logits=True)
+    got = evaluate(m, y, mm, batch_rows=100, progress=False)
+    assert np.array_equal(mm, x)
+    assert rel(got, one_shot("sparse", y, x)) <= 1e-12

@@ -418,6 +418,8 @@ def _mapping(a):
     mm = getattr(root, "base", None)
     if not isinstance(root, np.memmap) or not isinstance(mm, mmap.mmap):
         return None
+    if root.mode in ("c", "copyonwrite"):
+        return None  # a private mapping: dropping its pages would drop the caller's changes
     offset = getattr(root, "offset", 0) % mmap.ALLOCATIONGRANULARITY
     return mm, root.ctypes.data - offset
 
