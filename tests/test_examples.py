@@ -59,3 +59,14 @@ def test_scaling_out_readme_example():
     assert abs(loss - 5.0969) < 5e-4  # the value the README shows (seeded data)
     assert "equal to NumPy: True" in out
     assert _number(r"accuracy ([0-9.]+)", out) >= 0.99
+
+
+def test_validation_metrics():
+    out = run_example("validation_metrics.py")
+    assert "metric equals one call: True" in out
+    wrong = _number(r"mean of batch means \(wrong\): +([0-9.]+)", out)
+    right = _number(r"validation loss \(one call\): +([0-9.]+)", out)
+    assert abs(wrong - right) > 1e-3  # unequal batches: the mean of means is off
+    assert _number(r"perplexity \(streamed\): ([0-9.]+)", out) == pytest.approx(
+        _number(r"perplexity \(exact\): +([0-9.]+)", out), rel=1e-4)
+    assert out.rstrip().endswith("result: OK")

@@ -40,6 +40,7 @@ class Outcome:
     hess: np.ndarray | None = None
     lse: np.ndarray | None = None
     denominator: float = 1.0  # of the reduction's mean
+    total: float | None = None  # the weighted sum (the mean's numerator), on request
 
 
 def loss_and_grad(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
@@ -109,8 +110,12 @@ def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reducti
 
 
 def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
-            want_hess=False, want_lse=False, grad_out=None, inplace=False) -> Outcome:
-    """Softmax cross-entropy (integer labels if ``opts.sparse`` else soft targets)."""
+            want_hess=False, want_lse=False, grad_out=None, inplace=False,
+            want_total=False) -> Outcome:
+    """Softmax cross-entropy (integer labels if ``opts.sparse`` else soft targets).
+
+    ``want_total``: also the plan's weighted sum of the per-row losses (``Outcome.total``,
+    the numerator of a mean), for the metrics that accumulate it across batches."""
     _check_buffers(want_grad, want_hess, grad_out, inplace)
     nt = resolve_n_threads(opts.n_threads)
     lay = _layout.rows(y_pred, opts.axis, inplace=inplace)
@@ -156,11 +161,13 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         hess=None if hess2 is None else lay.from_rows(hess2),
         lse=None if lse is None else lse.reshape(lay.batch_shape).astype(lay.arr.dtype),
         denominator=plan.denominator,
+        total=_reduction.total(loss64, plan) if want_total else None,
     )
 
 
 def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
-            want_hess=False, want_lse=False, grad_out=None, inplace=False) -> Outcome:
+            want_hess=False, want_lse=False, grad_out=None, inplace=False,
+            want_total=False) -> Outcome:
     """Binary (sigmoid) cross-entropy, averaged over the axis like Keras."""
     _check_buffers(want_grad, want_hess, grad_out, inplace)
     if want_hess and not opts.from_logits:
@@ -195,4 +202,5 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         grad=_layout.grad_result(grad2, lay, grad_out, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
+        total=_reduction.total(loss64, plan) if want_total else None,
     )

@@ -1,4 +1,10 @@
-"""scikit-learn compatible metrics computed with fastxent's kernels.
+"""Metrics: stateful cross-entropy metrics for evaluation at scale, and scikit-learn's log loss.
+
+Stateful metrics with Keras' names and arguments (:class:`CategoricalCrossentropy`,
+:class:`SparseCategoricalCrossentropy`, :class:`BinaryCrossentropy`) and keras-hub's
+:class:`Perplexity` accumulate a float64 weighted sum and total weight over any number of
+``update_state`` calls (NumPy or Dask arrays); :func:`evaluate` streams arrays larger than
+memory (``np.memmap``, h5py, zarr) through one in chunks, with an optional tqdm progress bar.
 
 :func:`log_loss` is a drop-in replacement for :func:`sklearn.metrics.log_loss`: the same
 argument checks, warnings, errors and results on the same inputs (checked against the
@@ -16,9 +22,30 @@ import warnings
 
 import numpy as np
 
+from fastxent._stateful import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    Perplexity,
+    SparseCategoricalCrossentropy,
+    evaluate,
+)
 from fastxent.losses import categorical_crossentropy
 
-__all__ = ["log_loss", "log_loss_scorer"]  # noqa: F822 - log_loss_scorer is lazy
+__all__ = [  # noqa: F822 - log_loss_scorer is lazy
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "SparseCategoricalCrossentropy",
+    "Perplexity",
+    "evaluate",
+    "log_loss",
+    "log_loss_scorer",
+]
+
+# The public names are fastxent.metrics' (their repr, pickles, help() and doctests say so).
+for _cls in (BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
+             Perplexity, evaluate):
+    _cls.__module__ = __name__
+del _cls
 
 
 def _validate_parameters(y_true, y_pred, normalize, sample_weight, labels):

@@ -19,9 +19,10 @@ Workers run the kernels with the OpenMP thread count of their process; the ``dis
 nanny sets ``OMP_NUM_THREADS=1`` by default, which is right when every worker thread runs
 blocks in parallel.
 
-The package holds ``_losses`` (the loss graphs: the functions and classes above) and ``_fit``
+The package holds ``_losses`` (the loss graphs: the functions and classes above), ``_fit``
 (the distributed fit, :func:`_fit_softmax_regression`, which ``SoftmaxRegression.fit`` calls
-for a Dask ``X``).
+for a Dask ``X``) and ``_metrics`` (the per-block states of :mod:`fastxent.metrics`' metrics
+given Dask arrays, imported by them on first use).
 """
 
 from fastxent.dask._fit import _fit_softmax_regression  # noqa: F401  (SoftmaxRegression.fit's)
