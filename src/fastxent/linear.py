@@ -53,12 +53,10 @@ from fastxent._validation import (
     FLOAT_DTYPES,
     as_float_array,
     as_kernel_array,
-    as_labels,
     broadcast_sample_weight,
     check_fraction,
     check_nonneg_real,
     check_reduction,
-    normalize_axis,
 )
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "perplexity"]
