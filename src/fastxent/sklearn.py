@@ -6,7 +6,7 @@ call (``SparseCategoricalCrossentropy.loss_and_grad``) and the gradient with res
 weights by the chain rule (``G.T @ X``).  The objective, its checks and the solver live in
 :mod:`fastxent._glm`, shared with the distributed fit of a Dask ``X`` (:mod:`fastxent.dask`).
 
-This module needs scikit-learn and SciPy (``pip install fastxent[sklearn]``); ``import
+This module needs scikit-learn and SciPy (``pip install '.[sklearn]'`` from a clone); ``import
 fastxent`` does not import it.
 
 Penalty convention and the mapping to ``LogisticRegression``
