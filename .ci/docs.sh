@@ -20,7 +20,10 @@ SECONDS=0
 # The docs extra's packages, without reinstalling (rebuilding) fastxent itself.  Read from
 # pyproject.toml so that the list has one home.
 mapfile -t DEPS < <("$PY" - <<'PYEOF'
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 with open("pyproject.toml", "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["docs"]))
 PYEOF
