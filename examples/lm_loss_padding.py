@@ -1,4 +1,8 @@
-"""Token-level language-model loss over (batch, seq, vocab) logits, padding ignored.
+"""
+Language-model loss with padding
+================================
+
+Token-level language-model loss over (batch, seq, vocab) logits, padding ignored::
 
     python examples/lm_loss_padding.py
 
@@ -118,4 +122,5 @@ def main():
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if main():  # exit status 1 on a failed check (and no exit at all on success, so that
+        raise SystemExit(1)  # the documentation's gallery can run this file in-process)

@@ -1,6 +1,21 @@
-"""Scaling out: fastxent.dask on a distributed LocalCluster (the README's example).
+"""
+Scaling out with Dask
+=====================
 
-Run: python examples/scaling_out.py  (needs fastxent[dask]).
+fastxent.dask on a two-process ``distributed.LocalCluster``: the loss and gradient of 2M x 100
+float32 logits computed block by block on the workers, the same number as the NumPy path,
+then ``SoftmaxRegression`` fitted data-parallel on a Dask array.
+
+Needs the ``dask`` and ``sklearn`` extras (``pip install '.[dask,sklearn]'`` from a clone).
+It takes a few minutes on two cores, so the documentation shows it without running it::
+
+    python examples/scaling_out.py
+
+prints::
+
+    mean loss over non-padding rows: 5.0969
+    equal to NumPy: True
+    21 iterations, accuracy 1.000
 """
 
 import dask

@@ -1,4 +1,6 @@
-"""Evaluation at scale with fastxent.metrics.
+"""
+Evaluation at scale with fastxent.metrics
+=========================================
 
 1. A validation loop: a softmax-regression model scored on a validation set in minibatches of
    unequal size with a stateful ``SparseCategoricalCrossentropy``; the result equals one call

@@ -407,8 +407,12 @@ def reduce_loss_and_grad(loss, grad, valid, sample_cw, axis, sample_weight, redu
     sw = broadcast_sample_weight(sample_weight, loss.shape)
     axis = canonical_axis(axis, grad.ndim)
     sw_along_classes = np.expand_dims(sw, axis)
-    weighted_loss = np.where(valid, loss * sw, 0.0)
-    weighted_grad = np.where(np.expand_dims(valid, axis), grad * sw_along_classes, 0.0)
+    # An infinite loss (a +inf logit, a masked labelled class) times a zero sample weight is
+    # NaN, as in Keras and in the kernels; that product is intended, so NumPy's warning is not
+    # wanted.  Ignored entries are zeroed before weighting and never reach it.
+    with np.errstate(invalid="ignore"):
+        weighted_loss = np.where(valid, loss * sw, 0.0)
+        weighted_grad = np.where(np.expand_dims(valid, axis), grad * sw_along_classes, 0.0)
     if reduction == "none":
         return weighted_loss, weighted_grad
     if loss.size == 0:

@@ -429,3 +429,109 @@ def test_out_of_range_message_is_plain(label_dtype):
     message = str(info.value)
     assert "np." not in message, message
     assert "(1,)" in message, message
+
+
+# ====================================================== hints for common mix-ups
+
+
+def _swapped_cases():
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0])
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    z = (x > 0)  # binary targets as bool
+    return [
+        ("sparse_categorical", x, labels),
+        ("categorical", x, labels),
+        ("categorical", x, onehot.astype(np.int64)),
+        ("binary", x, z),
+        ("binary", x, z.astype(np.int8)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_swapped_arguments_get_a_hint(case):
+    # PyTorch's order, loss(logits, labels): an integer/bool y_pred beside a float y_true
+    kind, x, y = _swapped_cases()[case]
+    for run in each_entry_point(kind, from_logits=True):
+        with pytest.raises(TypeError, match="y_pred") as info:
+            run(x, y)  # swapped on purpose
+        message = str(info.value)
+        assert "float32" in message and "float64" in message, message  # the old key words
+        assert "swapped" in message and "(y_true, y_pred)" in message, message
+        # the cast advice would silently compute a loss of the swapped arguments
+        assert "astype" not in message, message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_integer_y_pred_without_swap_keeps_the_cast_advice(kind):
+    # y_true not float: nothing suggests a swap, the message advises the explicit cast
+    y, x = good_inputs(kind)
+    y = np.asarray(y).astype(np.int64)
+    with pytest.raises(TypeError, match="y_pred") as info:
+        FUNCTIONS[kind](y, x.astype(np.int32))
+    message = str(info.value)
+    assert "astype(np.float32)" in message and "swapped" not in message, message
+
+
+def test_integer_labels_to_categorical_name_the_sparse_loss():
+    y, x = good_inputs("sparse_categorical")
+    for labels in (y, y[:, None]):
+        for run in each_entry_point("categorical", from_logits=True):
+            with pytest.raises(ValueError, match="y_true") as info:
+                run(labels, x)
+            message = str(info.value)
+            assert "shape" in message and "SparseCategoricalCrossentropy" in message, message
+
+
+def test_one_hot_targets_to_sparse_name_the_categorical_loss():
+    y, x = good_inputs("categorical")
+    for run in each_entry_point("sparse_categorical", from_logits=True):
+        with pytest.raises(ValueError, match="y_true") as info:
+            run(y, x)
+        message = str(info.value)
+        assert "one integer per sample" in message, message
+        assert "CategoricalCrossentropy / categorical_crossentropy" in message, message
+
+
+def test_shape_mismatch_without_a_mix_up_has_no_hint():
+    _, x = good_inputs("categorical")
+    with pytest.raises(ValueError, match="y_true") as info:
+        fx.categorical_crossentropy(np.zeros((3, 3)), x)
+    assert "Sparse" not in str(info.value)
+    with pytest.raises(ValueError, match="y_true") as info:
+        fx.sparse_categorical_crossentropy(np.zeros(3, dtype=np.int64), x)
+    assert "CategoricalCrossentropy" not in str(info.value)
+
+
+def test_fractional_label_message_is_plain():
+    # "found 0.5 at position (1,)", not "np.float64(0.5) at position (np.int64(1),)"
+    _, x = good_inputs("sparse_categorical")
+    with pytest.raises(ValueError) as info:
+        fx.sparse_categorical_crossentropy(np.array([0.0, 0.5, 1.0, 2.0]), x)
+    message = str(info.value)
+    assert "np." not in message, message
+    assert "found 0.5 at position (1,)" in message, message
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fx.CategoricalCrossentropy(label_smoothing=np.float64(2.0)),
+    lambda: fx.CategoricalCrossentropy(epsilon=np.float32(0.75)),
+    lambda: fx.CategoricalCrossentropy(from_logits=True, z_loss=np.float64(-1.0)),
+    lambda: fx.CategoricalCrossentropy(from_logits=np.int64(1)),
+    lambda: fx.CategoricalCrossentropy(axis=np.float64(1.0)),
+    lambda: fx.SparseCategoricalCrossentropy(ignore_class=np.float64(1.0)),
+])
+def test_option_messages_show_plain_values(make):
+    with pytest.raises((TypeError, ValueError)) as info:
+        make()
+    assert "np." not in str(info.value), str(info.value)
+
+
+def test_log_loss_is_in_metrics_not_sklearn():
+    pytest.importorskip("sklearn")
+    import fastxent.metrics
+    import fastxent.sklearn
+
+    assert callable(fastxent.metrics.log_loss)
+    with pytest.raises(AttributeError, match=r"fastxent\.metrics\.log_loss"):
+        fastxent.sklearn.log_loss  # noqa: B018

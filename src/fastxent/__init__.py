@@ -2,7 +2,8 @@
 
 Keras 3 semantics (``keras.losses``) with PyTorch's extensions (class weights, ignore_index,
 pos_weight), computed by fused Cython/OpenMP kernels that read the logits once and write the
-gradient once.  See the README for the semantics table and the Keras / PyTorch mapping.
+gradient once.  See docs/guide/losses.md for the semantics and docs/guide/mapping.md for
+the Keras / PyTorch mapping.
 """
 
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ from fastxent._validation import (
     as_target_array,
     broadcast_sample_weight,
     check_weight_vector,
+    sparse_labels_hint,
 )
 
 
@@ -118,7 +119,7 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     the numerator of a mean), for the metrics that accumulate it across batches."""
     _check_buffers(want_grad, want_hess, grad_out, inplace)
     nt = resolve_n_threads(opts.n_threads)
-    lay = _layout.rows(y_pred, opts.axis, inplace=inplace)
+    lay = _layout.rows(y_pred, opts.axis, inplace=inplace, y_true=y_true)
     n_rows, ncls = lay.x2.shape
     cw = check_weight_vector(opts.class_weight, "class_weight", ncls, "class")
 
@@ -131,6 +132,7 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
             raise ValueError(
                 f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
                 "categorical targets need the shape of y_pred"
+                f"{sparse_labels_hint(t, lay.arr.shape, lay.axis)}"
             )
         target = lay.rows_of(t)
 
@@ -173,7 +175,7 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     if want_hess and not opts.from_logits:
         raise ValueError("the Hessian is available for from_logits=True only")
     nt = resolve_n_threads(opts.n_threads)
-    lay = _layout.rows(y_pred, opts.axis, inplace=inplace)
+    lay = _layout.rows(y_pred, opts.axis, inplace=inplace, y_true=y_true)
     n_rows, width = lay.x2.shape
     pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
 

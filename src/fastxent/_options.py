@@ -23,6 +23,7 @@ from fastxent._validation import (
     check_fraction,
     check_nonneg_real,
     check_reduction,
+    plain,
 )
 
 __all__ = ["Options", "softmax_options", "sigmoid_options"]
@@ -42,7 +43,7 @@ def _weights(w, name: str):
 
 def _axis(axis) -> int:
     if isinstance(axis, bool | np.bool_) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int, got {axis!r}")
+        raise TypeError(f"axis must be an int, got {plain(axis)!r}")
     return int(axis)
 
 
@@ -72,7 +73,7 @@ def _build_softmax(sparse, from_logits, label_smoothing, axis, class_weight, ign
         if isinstance(ignore_class, bool | np.bool_) or not isinstance(
             ignore_class, int | np.integer
         ):
-            raise TypeError(f"ignore_class must be None or an int, got {ignore_class!r}")
+            raise TypeError(f"ignore_class must be None or an int, got {plain(ignore_class)!r}")
         ignore_class = int(ignore_class)
     return Options(family="softmax", sparse=bool(sparse), class_weight=_weights(
         class_weight, "class_weight"), pos_weight=None, ignore_class=ignore_class,

@@ -10,6 +10,47 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
+def plain(value):
+    """``value`` for an error message: NumPy scalars (and tuples of them) as Python values.
+
+    ``repr(np.float64(0.5))`` is ``np.float64(0.5)`` under NumPy 2; messages show ``0.5``.
+    """
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    return {"b": "bool", "i": "integer", "u": "integer", "f": "float"}.get(dtype.kind, str(dtype))
+
+
+def swap_hint(y_true, y_pred_dtype: np.dtype) -> str:
+    """A hint when ``y_pred`` is integer/bool and ``y_true`` float: the arguments look swapped.
+
+    PyTorch's ``F.cross_entropy(input, target)`` takes the logits first; fastxent (like Keras)
+    takes ``(y_true, y_pred)``.  Empty when the arguments do not look swapped.
+    """
+    if y_true is None or y_pred_dtype.kind not in "biu":
+        return ""
+    true_dtype = getattr(y_true, "dtype", None)  # arrays (NumPy, Dask) are not converted
+    if not isinstance(true_dtype, np.dtype):
+        try:
+            true_dtype = np.asarray(y_true).dtype
+        except Exception:  # noqa: BLE001 - a hint must never hide the real error
+            return ""
+    if true_dtype.kind != "f":
+        return ""
+    return (
+        f"; the arguments look swapped: y_true is {_kind_name(true_dtype)} "
+        f"({true_dtype}) and y_pred is {_kind_name(y_pred_dtype)}.  fastxent takes "
+        "(y_true, y_pred) like Keras (labels or targets first, then logits or "
+        "probabilities), the reverse of PyTorch's F.cross_entropy(input, target): call "
+        "loss(labels, logits)"
+    )
+
+
 def as_kernel_array(a, dtype=None) -> np.ndarray:
     """``a`` C-contiguous and aligned (copied only when it is not already).
 
@@ -19,18 +60,19 @@ def as_kernel_array(a, dtype=None) -> np.ndarray:
     return np.require(a, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
-def as_float_array(a, name: str) -> np.ndarray:
+def as_float_array(a, name: str, *, y_true=None) -> np.ndarray:
     """``a`` as an ndarray of float32 or float64 (no copy); TypeError for any other dtype.
 
     float16, integer and bool predictions are refused rather than silently promoted: a
-    float16 or integer y_pred is almost always a bug upstream.  Cast explicitly.
+    float16 or integer y_pred is almost always a bug upstream.  Cast explicitly.  With
+    ``y_true`` given, an integer/bool ``a`` beside a float ``y_true`` is reported as swapped
+    arguments instead of advising a cast.
     """
     arr = np.asarray(a)
     if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must have dtype float32 or float64, got {arr.dtype}; "
-            f"convert it explicitly (e.g. {name}.astype(np.float32))"
-        )
+        hint = swap_hint(y_true, arr.dtype)
+        advice = hint or f"; convert it explicitly (e.g. {name}.astype(np.float32))"
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}{advice}")
     return arr
 
 
@@ -45,7 +87,7 @@ def as_target_array(a, name: str, dtype: np.dtype) -> np.ndarray:
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     if isinstance(axis, bool | np.bool_) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {axis!r}")
+        raise TypeError(f"{name} must be an int, got {plain(axis)!r}")
     axis = int(axis)
     if ndim == 0:
         raise ValueError("y_pred must have at least one dimension (the class axis), got a scalar")
@@ -57,23 +99,23 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
 def check_fraction(value, name: str, lo: float = 0.0, hi: float = 1.0,
                    lo_open: bool = False, hi_open: bool = False) -> float:
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {plain(value)!r}")
     v = float(value)
     ok_lo = v > lo if lo_open else v >= lo
     ok_hi = v < hi if hi_open else v <= hi
     if not (ok_lo and ok_hi and np.isfinite(v)):
         lb = "(" if lo_open else "["
         rb = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {plain(value)!r}")
     return v
 
 
 def check_nonneg_real(value, name: str) -> float:
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {plain(value)!r}")
     v = float(value)
     if not (np.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {plain(value)!r}")
     return v
 
 
@@ -88,7 +130,7 @@ def check_reduction(reduction) -> str:
 def check_bool(value, name: str) -> bool:
     """``value`` as a Python bool; TypeError for anything but True / False (or np.bool_)."""
     if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{name} must be True or False, got {plain(value)!r}")
     return bool(value)
 
 
@@ -124,6 +166,30 @@ def check_weight_vector(w, name: str, length: int, what: str) -> np.ndarray | No
     return np.ascontiguousarray(arr)
 
 
+def _one_hot_hint(arr: np.ndarray, pred_ndim: int) -> str:
+    """For dense targets given to a sparse loss: which loss takes them."""
+    if arr.ndim != pred_ndim:
+        return ""
+    return (
+        "; y_true looks like one-hot or probability targets (one value per class): use "
+        "CategoricalCrossentropy / categorical_crossentropy for those, "
+        "SparseCategoricalCrossentropy for integer class labels"
+    )
+
+
+def sparse_labels_hint(y_true, pred_shape: tuple, axis: int) -> str:
+    """For integer labels given to a categorical loss: which loss takes them."""
+    arr = np.asarray(y_true)
+    batch_shape = pred_shape[:axis] + pred_shape[axis + 1:]
+    if arr.shape not in (batch_shape, batch_shape + (1,)):
+        return ""
+    return (
+        "; y_true looks like integer class labels (one per sample): use "
+        "SparseCategoricalCrossentropy / sparse_categorical_crossentropy for those, "
+        "CategoricalCrossentropy for one-hot or probability targets"
+    )
+
+
 def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np.ndarray:
     """Integer class labels with shape ``batch_shape``, as int64.
 
@@ -137,6 +203,7 @@ def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np
         raise ValueError(
             f"y_true has shape {arr.shape} but y_pred with the class axis removed has shape "
             f"{batch_shape}; sparse labels need one integer per sample"
+            f"{_one_hot_hint(arr, pred_ndim)}"
         )
     kind = arr.dtype.kind
     if kind in "iu":
@@ -154,8 +221,8 @@ def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np
         if not np.all(integral):
             i = int(np.argmin(integral))
             raise ValueError(
-                f"y_true must hold integer class labels; found {flat[i]!r} at position "
-                f"{np.unravel_index(i, arr.shape)}"
+                f"y_true must hold integer class labels; found {plain(flat[i])!r} at position "
+                f"{plain(np.unravel_index(i, arr.shape))}"
             )
         if flat.size and np.max(np.abs(flat)) >= 2.0**62:
             raise ValueError("y_true holds labels too large to be class indices")

@@ -127,8 +127,11 @@ def sparse_categorical_crossentropy(
     --------
     >>> import numpy as np, fastxent as fx
     >>> logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], dtype=np.float32)
-    >>> fx.sparse_categorical_crossentropy([1, 2], logits, from_logits=True)
-    array([0.4643688 , 0.09492296], dtype=float32)
+    >>> loss = fx.sparse_categorical_crossentropy([1, 2], logits, from_logits=True)
+    >>> loss.dtype
+    dtype('float32')
+    >>> [round(float(v), 5) for v in loss]  # float32 results: within 1 ulp of the exact value
+    [0.46437, 0.09492]
     """
     opts = softmax_options(
         sparse=True, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,

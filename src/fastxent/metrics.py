@@ -12,7 +12,7 @@ installed scikit-learn by the test-suite), with the cross-entropy computed by fa
 probability kernel.  ``log_loss_scorer`` is the matching scorer for ``scoring=``.
 
 scikit-learn is imported when a function is first called, not when this module is
-imported (``pip install fastxent[sklearn]``).
+imported (``pip install '.[sklearn]'`` from a clone).
 """
 
 from __future__ import annotations

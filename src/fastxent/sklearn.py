@@ -6,7 +6,7 @@ call (``SparseCategoricalCrossentropy.loss_and_grad``) and the gradient with res
 weights by the chain rule (``G.T @ X``).  The objective, its checks and the solver live in
 :mod:`fastxent._glm`, shared with the distributed fit of a Dask ``X`` (:mod:`fastxent.dask`).
 
-This module needs scikit-learn and SciPy (``pip install fastxent[sklearn]``); ``import
+This module needs scikit-learn and SciPy (``pip install '.[sklearn]'`` from a clone); ``import
 fastxent`` does not import it.
 
 Penalty convention and the mapping to ``LogisticRegression``
@@ -291,3 +291,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             p1 = scipy.special.expit(scores)
             return np.column_stack([scipy.special.expit(-scores), p1])
         return scipy.special.softmax(scores, axis=1)
+
+
+def __getattr__(name):
+    # log_loss lives in fastxent.metrics (it needs no estimator); say so instead of a bare
+    # AttributeError for the natural guess.
+    if name in ("log_loss", "log_loss_scorer"):
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r}; it is fastxent.metrics.{name} "
+            f"(from fastxent.metrics import {name})"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

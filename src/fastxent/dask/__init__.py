@@ -1,4 +1,4 @@
-"""Cross-entropy on Dask arrays, block by block on the workers (``pip install 'fastxent[dask]'``).
+"""Cross-entropy on Dask arrays, block by block on the workers (``pip install '.[dask]'``).
 
 The arrays stay where they are: every block of ``y_pred`` (whole rows: the class axis in one
 chunk) runs fastxent's compiled kernel on the worker that holds it, and only per-block scalars

@@ -439,7 +439,7 @@ def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
     kind = next(k for k, cls in _NUMPY_CLASSES.items() if isinstance(loss_obj, cls))
     loss_obj = _NUMPY_CLASSES[kind].from_config(loss_obj.get_config())  # what blocks run
     y_pred = _as_dask(y_pred, "y_pred")
-    as_float_array(np.empty(0, y_pred.dtype), "y_pred")
+    as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true)
     axis = normalize_axis(loss_obj.axis, y_pred.ndim)
     _check_known_chunks(y_pred, "y_pred")
     y_pred = _class_axis_in_one_chunk(y_pred, axis)
