@@ -6,9 +6,12 @@ import sys
 
 import pytest
 
+import fastxent
 from fastxent import __main__ as cli
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# the directory this test process imports fastxent from (src/ with an in-place build, the
+# virtual environment's site-packages when installed): the subprocess imports the same one
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastxent.__file__)))
 
 
 def test_unknown_argument_is_an_error(capsys):
@@ -21,7 +24,7 @@ def test_unknown_argument_is_an_error(capsys):
 
 def test_unknown_argument_exit_status_of_the_module():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [SRC] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        [IMPORT_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.run([sys.executable, "-m", "fastxent", "foo"], capture_output=True,
                           text=True, env=env, check=False)
     assert proc.returncode == 2
