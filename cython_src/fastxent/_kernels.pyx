@@ -299,9 +299,9 @@ cdef inline bint weight_vector(object w, int64_t length):
 cdef int resolve_threads(object n_threads) except -1:
     if n_threads is None:
         return max(1, fx_omp_max_threads())
-    if type(n_threads) is int and (n_threads == 1 or (n_threads > 1 and FX_OPENMP_ENABLED)):
-        return n_threads
-    # -1, and more than one thread asked of a serial build (which warns): the Python rules
+    if type(n_threads) is int and n_threads == 1:
+        return 1
+    # -1 and explicit counts: the Python rules (threadpool limits; a serial build warns)
     from fastxent._config import resolve_n_threads
     return resolve_n_threads(n_threads)
 
