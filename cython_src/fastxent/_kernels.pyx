@@ -16,7 +16,6 @@ Nothing here validates what the Python layer validates: arrays reaching ``softma
 ``sigmoid`` are trusted to have the documented dtypes, shapes and layout.
 """
 cimport numpy as cnp
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
@@ -358,37 +357,37 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     cdef cnp.ndarray grad = None
     if want_grad:
         grad = _empty(nd, cnp.PyArray_DIMS(x), typenum)
-    cdef double *scratch = <double *>PyMem_Malloc(3 * N * sizeof(double))
-    if scratch == NULL:
-        raise MemoryError()
-    cdef double *loss = scratch
-    cdef double *weff = NULL
+    # per-row scratch: the losses, then (when needed) the effective weights and the class
+    # weights of a weighted mean.  An ndarray, so that a large one gets NumPy's huge pages
+    # (or a reused block of the cache) instead of a page fault per 4 KiB.
     cdef const int64_t *labels = NULL
+    if softmax and o.sparse:
+        labels = <const int64_t *>cnp.PyArray_DATA(t)
+    cdef bint use_weff = sample_weight is not None or (labels != NULL
+                                                      and o.ignore_class is not None)
+    cdef cnp.npy_intp n_scratch = N * (2 + use_weff)
+    cdef cnp.ndarray scratch_arr = _empty(1, &n_scratch, cnp.NPY_FLOAT64)
+    cdef double *scratch = <double *>cnp.PyArray_DATA(scratch_arr)
+    cdef double *loss = scratch
+    cdef double *cls = scratch + N
+    cdef double *weff = scratch + 2 * N if use_weff else NULL
     cdef fx_job J
     cdef double denom
     cdef int64_t bad
-    try:
-        if softmax and o.sparse:
-            labels = <const int64_t *>cnp.PyArray_DATA(t)
-        if sample_weight is not None or (labels != NULL and o.ignore_class is not None):
-            weff = scratch + N
-        denom = plan_rows(o._red, N, opt_ptr(sample_weight), labels,
-                          o.ignore_class is not None, o.ignore_class or 0,
-                          opt_ptr(o.class_weight), C, NULL, weff, scratch + 2 * N)
-        fill_job(&J, typenum, o.from_logits, n_threads, N, C, cnp.PyArray_DATA(x),
-                 NULL if grad is None else cnp.PyArray_DATA(grad), NULL,
-                 NULL if labels != NULL else cnp.PyArray_DATA(t), labels, weff, loss, NULL,
-                 o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss, o.epsilon,
-                 grad_scale(o._red, denom), o.class_weight, o.pos_weight, o.ignore_class)
-        bad = run_job(&J, softmax, size >= NOGIL_ELEMENTS)
-        if bad:
-            return None
-        if grad is not None and o._red >= RED_BATCH and denom == 0.0:
-            # a mean over nothing is 0.0, and so is its gradient (0 * NaN would be NaN)
-            memset(cnp.PyArray_DATA(grad), 0, cnp.PyArray_NBYTES(grad))
-        value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x), typenum)
-    finally:
-        PyMem_Free(scratch)
+    denom = plan_rows(o._red, N, opt_ptr(sample_weight), labels, o.ignore_class is not None,
+                      o.ignore_class or 0, opt_ptr(o.class_weight), C, NULL, weff, cls)
+    fill_job(&J, typenum, o.from_logits, n_threads, N, C, cnp.PyArray_DATA(x),
+             NULL if grad is None else cnp.PyArray_DATA(grad), NULL,
+             NULL if labels != NULL else cnp.PyArray_DATA(t), labels, weff, loss, NULL,
+             o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss, o.epsilon,
+             grad_scale(o._red, denom), o.class_weight, o.pos_weight, o.ignore_class)
+    bad = run_job(&J, softmax, size >= NOGIL_ELEMENTS)
+    if bad:
+        return None
+    if grad is not None and o._red >= RED_BATCH and denom == 0.0:
+        # a mean over nothing is 0.0, and so is its gradient (0 * NaN would be NaN)
+        memset(cnp.PyArray_DATA(grad), 0, cnp.PyArray_NBYTES(grad))
+    value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x), typenum)
     return (value, grad) if want_grad else value
 
 
