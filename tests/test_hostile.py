@@ -580,7 +580,8 @@ def run(case: Case):
 
 def oracle(case: Case):
     """(loss, grad) from the float64 oracle for a valid case."""
-    x = np.asarray(case.x, dtype=np.float64) if not case.inplace else case.x_before
+    # in y_pred's own dtype: the oracle rounds the probability clip's bounds to it
+    x = np.asarray(case.x) if not case.inplace else case.x_before
     opts = {k: v for k, v in case.opts.items() if k != "n_threads"}
     with np.errstate(all="ignore"):
         if case.entry == "function":
@@ -637,7 +638,7 @@ def _digest(a):
 
 def check(case: Case):
     """Run ``case`` and check the outcome: oracle result or a named TypeError/ValueError."""
-    case.x_before = np.array(case.x, dtype=np.float64) if case.inplace else None
+    case.x_before = np.array(case.x) if case.inplace else None
     before = [_digest(a) for a in (case.x, case.y, case.sample_weight)]
     try:
         with warnings.catch_warnings():

@@ -51,7 +51,8 @@ def categorical_crossentropy(
         Logits (``from_logits=True``) or probabilities.
     from_logits : bool
         With False (Keras' default) each row is divided by its sum and clipped to
-        ``[epsilon, 1 - epsilon]`` before the log.
+        ``[epsilon, 1 - epsilon]`` before the log, both bounds rounded to y_pred's dtype
+        like Keras' clip (float32: ``1 - 1e-7`` is ``1 - 2**-23``).
     label_smoothing : float in [0, 1]
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / C``.
     axis : int
