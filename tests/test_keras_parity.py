@@ -1,6 +1,8 @@
 """Parity with Keras 3 on the corners where fastxent once differed.
 
 * the probability clip ``[eps, 1 - eps]`` is computed in y_pred's dtype;
+* a trailing size-1 axis on either side is squeezed or expanded (Keras' rank rule);
+* a categorical loss with a single class warns (SyntaxWarning, as Keras);
 """
 
 import os
@@ -96,3 +98,108 @@ def test_clip_gradient_zero_where_active(dtype):
     hi = R.clip_bounds(1e-7, dtype)[1]
     _, g = bce.loss_and_grad(np.array([[0.0]], dtype), np.array([[hi]], dtype))
     assert g[0, 0] > 0
+
+
+# ------------------------------------------------- Keras' squeeze_or_expand_to_same_rank
+
+# (y_true shape, y_pred shape): a trailing size-1 axis more or fewer on either side
+RANK_CASES = {
+    "binary": [((5, 1), (5,)), ((5,), (5, 1)), ((4, 3, 1), (4, 3)), ((4, 3), (4, 3, 1))],
+    "categorical": [((5, 3, 1), (5, 3)), ((5, 3), (5, 3, 1)), ((5, 1), (5,)), ((5,), (5, 1))],
+    "sparse": [((5, 1), (5,)), ((5,), (5, 1)), ((5, 1), (5, 3)), ((5,), (5, 3))],
+}
+
+
+def _rank_data(kind, true_shape, pred_shape, rng):
+    p = rng.uniform(0.05, 0.95, pred_shape).astype(np.float32)
+    if kind == "sparse":
+        n_classes = pred_shape[-1] if len(pred_shape) == 2 else 1
+        return rng.integers(0, n_classes, true_shape), p
+    if kind == "categorical" and len(true_shape) + len(pred_shape) == 5:  # (5, 3) one-hot
+        y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 5)]
+        return y.reshape(true_shape), p
+    if kind == "categorical":  # a single class: the targets are ones
+        return np.ones(true_shape, dtype=np.float32), p
+    return (rng.random(true_shape) < 0.5).astype(np.float32), p
+
+
+@pytest.mark.filterwarnings("ignore:In loss categorical_crossentropy")
+@pytest.mark.parametrize("kind, shapes", [(k, s) for k, cases in RANK_CASES.items()
+                                          for s in cases])
+@pytest.mark.parametrize("reduction", ["none", "sum", "sum_over_batch_size"])
+def test_rank_rule_matches_keras(kind, shapes, reduction, rng):
+    y, p = _rank_data(kind, *shapes, rng)
+    ours = FX_CLASSES[kind](reduction=reduction)(y, p)
+    theirs = np.asarray(KERAS_CLASSES[kind](reduction=reduction)(y, p))
+    assert np.shape(ours) == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7)
+
+
+def test_rank_rule_reported_example():
+    y = np.array([[1.0], [0.0], [1.0], [1.0], [0.0]], dtype=np.float32)
+    p = np.array([0.9, 0.1, 0.2, 0.7, 0.6], dtype=np.float32)
+    assert fx.BinaryCrossentropy(reduction="sum")(y, p) == pytest.approx(3.0931, abs=1e-4)
+    assert fx.BinaryCrossentropy(reduction="none")(y, p).shape == (5,)
+    assert fx.binary_crossentropy(y, p).shape == (5,)
+    assert fx.binary_crossentropy(y[:, 0], p[:, None]).shape == (5,)
+
+
+@pytest.mark.filterwarnings("ignore:In loss categorical_crossentropy")
+@pytest.mark.parametrize("kind, shapes", [(k, s) for k, cases in RANK_CASES.items()
+                                          for s in cases])
+def test_rank_rule_gradient_has_y_pred_shape(kind, shapes, rng):
+    y, p = _rank_data(kind, *shapes, rng)
+    loss = FX_CLASSES[kind](reduction="sum")
+    value, g = loss.loss_and_grad(y, p)
+    assert g.shape == p.shape
+    # the same numbers as the call at equal ranks
+    true_shape, pred_shape = fx._dispatch.keras_ranks(np.shape(y), p.shape)
+    y2 = np.reshape(y, true_shape) if kind != "sparse" else y
+    value2, g2 = loss.loss_and_grad(y2, p.reshape(pred_shape))
+    assert value == pytest.approx(value2, rel=1e-6)
+    np.testing.assert_allclose(g, g2.reshape(p.shape), rtol=1e-6)
+    out = np.empty_like(p)
+    assert loss.loss_and_grad(y, p, grad_out=out)[1] is out
+    np.testing.assert_array_equal(out, g)
+    q = p.copy()
+    assert loss.loss_and_grad(y, q, inplace=True)[1] is q
+    np.testing.assert_array_equal(q, g)
+
+
+@pytest.mark.parametrize("kind, true_shape, pred_shape", [
+    ("binary", (5, 2), (5,)), ("binary", (5,), (5, 2)), ("binary", (4, 3, 1, 1), (4, 3)),
+    ("binary", (4, 3), (4, 3, 1, 1)), ("categorical", (5, 3, 2), (5, 3)),
+    ("categorical", (5, 3), (5, 3, 2)), ("binary", (4, 3), (3, 4)),
+])
+def test_other_shape_differences_raise(kind, true_shape, pred_shape):
+    y = np.zeros(true_shape, dtype=np.float32)
+    p = np.full(pred_shape, 0.5, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"y_true has shape .* but y_pred has shape") as err:
+        FX_CLASSES[kind]()(y, p)
+    assert str(true_shape) in str(err.value) and str(pred_shape) in str(err.value)
+
+
+# ------------------------------------------------------ Keras' warnings
+
+
+@pytest.mark.parametrize("call", [
+    lambda y, p: fx.CategoricalCrossentropy()(y, p),
+    lambda y, p: fx.CategoricalCrossentropy().loss_and_grad(y, p),
+    lambda y, p: fx.categorical_crossentropy(y, p),
+])
+def test_single_class_warns_like_keras(call):
+    y = np.ones((4, 1), dtype=np.float32)
+    p = np.full((4, 1), 0.7, dtype=np.float32)
+    with pytest.warns(SyntaxWarning, match=r"y_pred.shape=\(4, 1\)") as rec:
+        call(y, p)
+    assert rec[0].filename == __file__  # at the user's call
+    with pytest.warns(SyntaxWarning, match="categorical_crossentropy"):
+        keras.losses.CategoricalCrossentropy()(y, p)
+
+
+def test_no_single_class_warning_otherwise(recwarn):
+    p = np.full((4, 2), 0.5, dtype=np.float32)
+    fx.CategoricalCrossentropy()(np.eye(2, dtype=np.float32)[[0, 1, 0, 1]], p)
+    fx.SparseCategoricalCrossentropy()(np.zeros(4, dtype=np.int64), p[:, :1])
+    fx.BinaryCrossentropy()(np.ones((4, 1), np.float32), p[:, :1])
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]

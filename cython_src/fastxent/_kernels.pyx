@@ -340,6 +340,8 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         return None
     cdef int64_t N = size // C
     cdef bint softmax = o._family == FAMILY_SOFTMAX
+    if softmax and not o.sparse and C == 1:
+        return None   # Keras warns about a single class: the general path does too
     cdef cnp.ndarray t
     if softmax and o.sparse:
         if not plain_array(y_true, cnp.NPY_INT64):
