@@ -203,3 +203,80 @@ def test_no_single_class_warning_otherwise(recwarn):
     fx.SparseCategoricalCrossentropy()(np.zeros(4, dtype=np.int64), p[:, :1])
     fx.BinaryCrossentropy()(np.ones((4, 1), np.float32), p[:, :1])
     assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
+# ------------------------------------------------------------ name= and dtype=
+
+KERAS_NAMES = {"binary": "binary_crossentropy", "categorical": "categorical_crossentropy",
+               "sparse": "sparse_categorical_crossentropy"}
+
+
+@pytest.mark.parametrize("kind", ["binary", "categorical", "sparse"])
+def test_default_names_are_keras(kind):
+    assert FX_CLASSES[kind]().name == KERAS_NAMES[kind] == KERAS_CLASSES[kind]().name
+    assert FX_CLASSES[kind]().get_config()["name"] == KERAS_NAMES[kind]
+    assert FX_CLASSES[kind]().dtype is None
+
+
+def _some_call(kind, rng, dtype=np.float64):
+    p = rng.uniform(0.05, 1.0, (6, 3)).astype(dtype)
+    if kind == "sparse":
+        return rng.integers(0, 3, 6), p
+    if kind == "categorical":
+        return np.eye(3)[rng.integers(0, 3, 6)], p / p.sum(axis=1, keepdims=True)
+    return (rng.random((6, 3)) < 0.5).astype(np.float64), p
+
+
+@pytest.mark.parametrize("kind", ["binary", "categorical", "sparse"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_casts_y_pred(kind, dtype, rng):
+    y, p = _some_call(kind, rng)
+    loss = FX_CLASSES[kind](reduction="none", dtype=dtype, name="mine")
+    assert loss.name == "mine" and loss.dtype == np.dtype(dtype)
+    out = loss(y, p)
+    assert out.dtype == np.dtype(dtype)
+    expected = FX_CLASSES[kind](reduction="none")(y, p.astype(dtype))
+    np.testing.assert_array_equal(out, expected)
+    value, g = FX_CLASSES[kind](reduction="sum", dtype=dtype).loss_and_grad(y, p)
+    assert g.dtype == np.dtype(dtype)
+    assert value == FX_CLASSES[kind](reduction="sum")(y, p.astype(dtype))
+    keras_value = KERAS_CLASSES[kind](reduction="sum", dtype=dtype)(y, p)
+    assert value == pytest.approx(float(keras_value), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["binary", "categorical", "sparse"])
+def test_name_and_dtype_round_trip(kind):
+    loss = FX_CLASSES[kind](reduction="sum", name="xent", dtype="float32")
+    cfg = loss.get_config()
+    assert cfg["name"] == "xent" and cfg["dtype"] == "float32"
+    clone = FX_CLASSES[kind].from_config(cfg)
+    assert clone == loss and clone.name == "xent" and clone.dtype == np.float32
+    assert "name='xent'" in repr(loss)
+    assert FX_CLASSES[kind](name="a") != FX_CLASSES[kind](name="b")
+    # Keras-style keyword calls
+    FX_CLASSES[kind](from_logits=True, reduction="none", name="n", dtype=np.float64)
+
+
+@pytest.mark.parametrize("kind", ["binary", "categorical", "sparse"])
+def test_bad_name_and_dtype(kind):
+    with pytest.raises(TypeError, match="name must be a string"):
+        FX_CLASSES[kind](name=3)
+    with pytest.raises(ValueError, match="dtype must be None .*'float32' or 'float64'"):
+        FX_CLASSES[kind](dtype="int32")
+    with pytest.raises(ValueError, match="dtype must be"):
+        FX_CLASSES[kind](dtype="float16")
+    with pytest.raises(TypeError, match="dtype must be None"):
+        FX_CLASSES[kind](dtype=object())
+
+
+def test_dtype_and_inplace(rng):
+    y, p = _some_call("binary", rng)
+    with pytest.raises(ValueError, match="inplace=True needs y_pred of the loss's dtype"):
+        fx.BinaryCrossentropy(dtype="float32").loss_and_grad(y, p, inplace=True)
+    q = p.astype(np.float32)
+    assert fx.BinaryCrossentropy(dtype="float32").loss_and_grad(y, q, inplace=True)[1] is q
+
+
+def test_dtype_keeps_the_swapped_arguments_error():
+    with pytest.raises(TypeError, match="y_pred"):
+        fx.SparseCategoricalCrossentropy(dtype="float32")(np.ones((2, 3)), np.array([0, 1]))
