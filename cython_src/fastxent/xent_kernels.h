@@ -44,8 +44,9 @@ typedef struct {
 } fx_params;
 
 /* v rounded to float and back: the clip bounds of float32 data (Keras casts [eps, 1 - eps] to
- * the data's dtype).  Through a volatile float: GCC 12 at -O3 was seen to fold the double ->
- * float -> double round trip of a runtime value away when it is inlined next to the kernels. */
+ * the data's dtype).  Through a volatile float: GCC 12.2 at -O3 was seen to drop the plain
+ * (double)(float)v round trip of a runtime value stored into fx_params (its vectorizer:
+ * -fno-tree-vectorize kept it), leaving float32 data clipped at 1 - 1e-7. */
 static inline double fx_round_float(double v)
 {
     volatile float f = (float)v;
