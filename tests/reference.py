@@ -7,8 +7,9 @@ counterpart here.  The rules are written out one at a time, on float64 copies:
   smoothed / class-weighted targets, ``loss = -sum_k w_k t_k log p_k (+ z_loss * lse**2)``,
   gradient ``softmax * sum_k(w_k t_k) - w * t (+ 2 z_loss lse softmax)``;
 * from probabilities (``from_logits=False``, Keras): rows divided by their sum, clipped
-  to ``[eps, 1 - eps]``, and the exact gradient of that formula (the derivative of the
-  clip is 0 where it is active);
+  to ``[eps, 1 - eps]`` with both bounds rounded to y_pred's dtype (as Keras' clip does:
+  for float32, ``1 - 1e-7`` is ``1 - 2**-23``), and the exact gradient of that formula
+  (the derivative of the clip is 0 where it is active);
 * sigmoid (binary) cross-entropy, elementwise, then the mean over ``axis``;
 * ``-inf`` logits are masks (a zero target times ``-inf`` contributes nothing), a row
   that is all ``-inf`` or holds ``+inf``/NaN gives a NaN loss and a NaN gradient row;
@@ -107,21 +108,35 @@ def softmax_xent_rows(targets, logits, z_loss=0.0):
     return loss, grad
 
 
-def prob_xent_rows(targets, probs, epsilon):
+def clip_bounds(epsilon, dtype=np.float64):
+    """Keras' clip ``[eps, 1 - eps]`` of probabilities of ``dtype``: both bounds in that dtype.
+
+    Keras computes ``1.0 - epsilon`` in Python and its clip casts both bounds to the data's
+    dtype; for float32 data ``1 - 1e-7`` becomes ``1 - 2**-23``.
+    """
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return float(np.float32(epsilon)), float(np.float32(1.0 - epsilon))
+    return float(epsilon), 1.0 - float(epsilon)
+
+
+def prob_xent_rows(targets, probs, epsilon, dtype=np.float64):
     """Per-row loss and gradient of Keras' ``from_logits=False`` categorical formula.
 
-    q = p / sum(p); c = clip(q, eps, 1 - eps); loss = -sum_k t_k log c_k.
+    q = p / sum(p); c = clip(q, eps, 1 - eps) (bounds from :func:`clip_bounds` for the
+    input's ``dtype``); loss = -sum_k t_k log c_k.
     dloss/dp_j = -(1/S) * (a_j - sum_k a_k q_k) with a_k = t_k / c_k where the clip is
     inactive and 0 where it is active.
     """
+    lo, hi = clip_bounds(epsilon, dtype)
     t = np.asarray(targets, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
     s = p.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = p / s
-        c = np.clip(q, epsilon, 1.0 - epsilon)
+        c = np.clip(q, lo, hi)
         loss = -(t * np.log(c)).sum(axis=1)
-        inside = (q >= epsilon) & (q <= 1.0 - epsilon)  # at the bound the gradient passes
+        inside = (q >= lo) & (q <= hi)  # at the bound the gradient passes
         a = np.where(inside, t / c, 0.0)
         grad = -(a - (a * q).sum(axis=1, keepdims=True)) / s
     grad[np.isnan(s[:, 0]), :] = np.nan  # a NaN anywhere in the row poisons the row
@@ -156,14 +171,21 @@ def sigmoid_xent_elementwise(z, x, pos_weight=1.0):
     return loss, grad
 
 
-def sigmoid_prob_xent_elementwise(z, p, epsilon, pos_weight=1.0):
-    """Elementwise Keras binary cross-entropy on probabilities clipped to [eps, 1-eps]."""
+def sigmoid_prob_xent_elementwise(z, p, epsilon, pos_weight=1.0, dtype=None):
+    """Elementwise Keras binary cross-entropy on probabilities clipped to [eps, 1-eps].
+
+    The bounds are :func:`clip_bounds` of ``dtype`` (default: ``p``'s dtype when it is
+    float32, else float64).
+    """
+    if dtype is None:
+        dtype = getattr(p, "dtype", np.float64)
+    lo, hi = clip_bounds(epsilon, dtype)
     z = np.asarray(z, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     pw = np.asarray(pos_weight, dtype=np.float64)
-    c = np.clip(p, epsilon, 1.0 - epsilon)
+    c = np.clip(p, lo, hi)
     loss = -(pw * z * np.log(c) + (1.0 - z) * np.log(1.0 - c))
-    inside = (p >= epsilon) & (p <= 1.0 - epsilon)  # as tf.clip_by_value / torch.clamp
+    inside = (p >= lo) & (p <= hi)  # as tf.clip_by_value / torch.clamp
     grad = np.where(inside, -(pw * z / c - (1.0 - z) / (1.0 - c)), 0.0)
     grad = np.where(np.isnan(p), np.nan, grad)
     return loss, grad
@@ -195,6 +217,7 @@ def categorical_per_sample(
 
     Returns (loss (batch shape), grad (y_pred shape), valid mask, sample class weight).
     """
+    in_dtype = np.asarray(y_pred).dtype  # the clip's bounds are rounded to it
     y_pred = np.asarray(y_pred, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.float64)
     _check_common(y_pred, label_smoothing, epsilon)
@@ -208,7 +231,7 @@ def categorical_per_sample(
         raise ValueError("class axis of size 0")
     w = _class_weight_vector(class_weight, n_classes)
     smoothed = t * (1.0 - label_smoothing) + label_smoothing / n_classes
-    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss)
+    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss, in_dtype)
     sample_cw = (t * w).sum(axis=1) if class_weight is not None else np.ones(len(t))
     return (
         loss.reshape(batch_shape),
@@ -218,12 +241,12 @@ def categorical_per_sample(
     )
 
 
-def _dense_rows(targets, x, from_logits, epsilon, z_loss):
+def _dense_rows(targets, x, from_logits, epsilon, z_loss, dtype):
     if from_logits:
         return softmax_xent_rows(targets, x, z_loss)
     if z_loss:
         raise ValueError("z_loss needs from_logits=True")
-    return prob_xent_rows(targets, x, epsilon)
+    return prob_xent_rows(targets, x, epsilon, dtype)
 
 
 def sparse_categorical_per_sample(
@@ -238,6 +261,7 @@ def sparse_categorical_per_sample(
     z_loss=0.0,
 ):
     """Same as ``categorical_per_sample`` for integer labels (shape = y_pred without axis)."""
+    in_dtype = np.asarray(y_pred).dtype  # the clip's bounds are rounded to it
     y_pred = np.asarray(y_pred, dtype=np.float64)
     _check_common(y_pred, label_smoothing, epsilon)
     axis = canonical_axis(axis, y_pred.ndim)
@@ -260,7 +284,7 @@ def sparse_categorical_per_sample(
     one_hot[np.flatnonzero(valid), labels[valid]] = 1.0
     w = _class_weight_vector(class_weight, n_classes)
     smoothed = one_hot * (1.0 - label_smoothing) + label_smoothing / n_classes
-    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss)
+    loss, grad = _dense_rows(smoothed * w, x, from_logits, epsilon, z_loss, in_dtype)
     loss[~valid] = 0.0
     grad[~valid, :] = 0.0
     sample_cw = (one_hot * w).sum(axis=1) if class_weight is not None else valid * 1.0
@@ -285,6 +309,7 @@ def binary_per_sample(
 
     ``pos_weight`` is a scalar or a vector with one entry per position along ``axis``.
     """
+    in_dtype = np.asarray(y_pred).dtype  # the clip's bounds are rounded to it
     y_pred = np.asarray(y_pred, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.float64)
     _check_common(y_pred, label_smoothing, epsilon)
@@ -303,7 +328,7 @@ def binary_per_sample(
     if from_logits:
         loss_el, grad_el = sigmoid_xent_elementwise(z, x, pw)
     else:
-        loss_el, grad_el = sigmoid_prob_xent_elementwise(z, x, epsilon, pw)
+        loss_el, grad_el = sigmoid_prob_xent_elementwise(z, x, epsilon, pw, in_dtype)
     loss = loss_el.mean(axis=1)
     grad = grad_el / n
     return (

@@ -807,3 +807,26 @@ def test_benchmark_script_runs(client):
     table = bench.markdown(result, machine, ("0", "0"))
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 3 and "cluster / local" in rows[0]
+
+
+def test_keras_rank_rule():
+    """A trailing size-1 axis on y_true is matched as Keras does; where Keras would reshape
+    y_pred, the dask losses say so instead of computing another number."""
+    p = np.array([[0.9], [0.1], [0.2], [0.7], [0.6]])
+    z = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    bce = fxd.BinaryCrossentropy(reduction="sum")
+    expected = fx.BinaryCrossentropy(reduction="sum")(z, p)
+    assert float(bce(da.from_array(z, chunks=2), da.from_array(p, chunks=(2, 1)))) == (
+        pytest.approx(expected))
+    with pytest.raises(ValueError, match=r"reshape y_pred to \(5, 1\)"):
+        bce(da.from_array(z[:, None], chunks=2), da.from_array(p[:, 0], chunks=2))
+
+
+def test_dtype_option_casts_y_pred():
+    p = np.random.default_rng(0).random((6, 3))
+    z = (p > 0.5).astype(np.float64)
+    loss = fxd.BinaryCrossentropy(dtype="float32", reduction="none")
+    out = loss(da.from_array(z, chunks=2), da.from_array(p, chunks=(2, 3)))
+    assert out.dtype == np.float32 and out.compute().dtype == np.float32
+    np.testing.assert_array_equal(
+        out.compute(), fx.BinaryCrossentropy(dtype="float32", reduction="none")(z, p))

@@ -273,8 +273,10 @@ def valid_cases(draw, entries=ENTRIES):
         with np.errstate(invalid="ignore"):
             y = t.astype(t_dtype) if t_dtype.kind == "f" else (t > 0.5).astype(t_dtype)
         oracle_y = y.astype(dtype)  # documented: targets are converted to y_pred's dtype
-        if kind == "binary" and len(shape) >= 2 and shape[-1] == 1 and draw(st.booleans()):
-            y = y[..., 0]  # Keras' squeeze_or_expand_to_same_rank: (batch,) for (batch, 1)
+        if kind == "binary" and len(shape) == 2 and shape[-1] == 1 and draw(st.booleans()):
+            # Keras' squeeze_or_expand_to_same_rank expands a (batch,) y_true for (batch, 1);
+            # at higher ranks it squeezes y_pred instead (tests/test_keras_parity.py)
+            y = y[..., 0]
 
     case = Case(kind, entry, dtype, shape, axis, from_logits, x, y, opts, oracle_y=oracle_y)
 
@@ -580,7 +582,8 @@ def run(case: Case):
 
 def oracle(case: Case):
     """(loss, grad) from the float64 oracle for a valid case."""
-    x = np.asarray(case.x, dtype=np.float64) if not case.inplace else case.x_before
+    # in y_pred's own dtype: the oracle rounds the probability clip's bounds to it
+    x = np.asarray(case.x) if not case.inplace else case.x_before
     opts = {k: v for k, v in case.opts.items() if k != "n_threads"}
     with np.errstate(all="ignore"):
         if case.entry == "function":
@@ -637,11 +640,12 @@ def _digest(a):
 
 def check(case: Case):
     """Run ``case`` and check the outcome: oracle result or a named TypeError/ValueError."""
-    case.x_before = np.array(case.x, dtype=np.float64) if case.inplace else None
+    case.x_before = np.array(case.x) if case.inplace else None
     before = [_digest(a) for a in (case.x, case.y, case.sample_weight)]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # float32 overflow casts
+            warnings.simplefilter("ignore", SyntaxWarning)  # Keras' one-class warning
             result = run(case)
     except (TypeError, ValueError) as exc:
         msg = str(exc)

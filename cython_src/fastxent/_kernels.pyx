@@ -23,7 +23,8 @@ from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_
 from fastxent._xent cimport (
     FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN,
     fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_get_isa, fx_job,
-    fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_set_isa, fx_sigmoid, fx_softmax,
+    fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_round_float, fx_set_isa, fx_sigmoid,
+    fx_softmax,
 )
 
 import numpy as np
@@ -228,7 +229,14 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
     J.P.keep = keep
     J.P.spread = spread
     J.P.zloss = zloss
-    J.P.eps = eps
+    # Keras' clip [eps, 1 - eps] of probabilities: 1 - eps computed in Python, then both bounds
+    # cast to the data's dtype (float32: 1 - 1e-7 rounds to 1 - 2**-23)
+    if typenum == cnp.NPY_FLOAT32:
+        J.P.eps = fx_round_float(eps)
+        J.P.eps_hi = fx_round_float(1.0 - eps)
+    else:
+        J.P.eps = eps
+        J.P.eps_hi = 1.0 - eps
     J.P.gs0 = gs0
     J.P.cw = opt_ptr(class_weight)
     J.P.pw = opt_ptr(pos_weight)
@@ -331,6 +339,8 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         return None
     cdef int64_t N = size // C
     cdef bint softmax = o._family == FAMILY_SOFTMAX
+    if softmax and not o.sparse and C == 1:
+        return None   # Keras warns about a single class: the general path does too
     cdef cnp.ndarray t
     if softmax and o.sparse:
         if not plain_array(y_true, cnp.NPY_INT64):

@@ -9,6 +9,7 @@ cdef extern from "xent_kernels.h" nogil:
         double spread
         double zloss
         double eps
+        double eps_hi
         double gs0
         const double *cw
         const double *pw
@@ -41,6 +42,7 @@ cdef extern from "xent_kernels.h" nogil:
     int64_t fx_softmax(const fx_job *J)
     int64_t fx_sigmoid(const fx_job *J)
     double fx_dot_lanes(const double *a, const double *w, int64_t n)
+    double fx_round_float(double v)
 
     int fx_set_isa(int level)
     int fx_get_isa()

@@ -34,13 +34,24 @@ typedef struct {
     double keep;        /* 1 - label_smoothing */
     double spread;      /* label_smoothing / C (softmax) or label_smoothing / 2 (sigmoid) */
     double zloss;       /* z-loss coefficient (softmax from logits) */
-    double eps;         /* clip for probabilities */
+    double eps;         /* clip for probabilities: lower bound, rounded to the data's dtype */
+    double eps_hi;      /* upper bound: 1 - eps computed, then rounded to the data's dtype */
     double gs0;         /* gradient scale common to all rows (1 / reduction denominator) */
     const double *cw;   /* class weights, length C, or NULL */
     const double *pw;   /* pos_weight, length K, or NULL */
     int64_t ignore;     /* label to skip when has_ignore */
     int has_ignore;
 } fx_params;
+
+/* v rounded to float and back: the clip bounds of float32 data (Keras casts [eps, 1 - eps] to
+ * the data's dtype).  Through a volatile float: GCC 12.2 at -O3 was seen to drop the plain
+ * (double)(float)v round trip of a runtime value stored into fx_params (its vectorizer:
+ * -fno-tree-vectorize kept it), leaving float32 data clipped at 1 - 1e-7. */
+static inline double fx_round_float(double v)
+{
+    volatile float f = (float)v;
+    return (double)f;
+}
 
 /* Item `item` of a split (rows, n) buffer with nch chunks per row: row, first element, length. */
 FX_INLINE void fx_split_item(int64_t n, int64_t item, int64_t nch, int64_t *r, int64_t *k0,

@@ -35,6 +35,7 @@ from fastxent.losses import (  # noqa: E402
     categorical_crossentropy,
     sparse_categorical_crossentropy,
 )
+from fastxent.nll import nll_loss, nll_loss_and_grad  # noqa: E402
 
 _init_isa_from_env()
 _init_buffer_cache_from_env()
@@ -47,6 +48,8 @@ __all__ = [
     "binary_crossentropy",
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
+    "nll_loss",
+    "nll_loss_and_grad",
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "perplexity",

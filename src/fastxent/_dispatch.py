@@ -29,6 +29,7 @@ from fastxent._validation import (
     broadcast_sample_weight,
     check_weight_vector,
     sparse_labels_hint,
+    warn_single_class,
 )
 
 
@@ -84,6 +85,64 @@ def _weights(sample_weight, lay: _layout.Rows):
     return None if w is None else as_kernel_array(w).reshape(-1)
 
 
+def keras_ranks(true_shape: tuple, pred_shape: tuple) -> tuple:
+    """Keras' ``squeeze_or_expand_to_same_rank(y_true, y_pred)`` on shapes.
+
+    When the ranks differ by one and the longer shape ends in a size-1 axis, that axis is
+    squeezed, except that a rank-1 partner is expanded instead (Keras' ``expand_rank_1``):
+    ``(5, 1)`` against ``(5,)`` makes both ``(5, 1)``; ``(5, 3, 1)`` against ``(5, 3)`` makes
+    both ``(5, 3)``.  Returns the (y_true, y_pred) shapes; any other difference is left to
+    the caller's shape check.
+    """
+    nt, npred = len(true_shape), len(pred_shape)
+    if nt == npred + 1 and true_shape[-1] == 1:
+        if npred == 1:
+            return true_shape, pred_shape + (1,)
+        return true_shape[:-1], pred_shape
+    if npred == nt + 1 and pred_shape[-1] == 1:
+        if nt == 1:
+            return true_shape + (1,), pred_shape
+        return true_shape, pred_shape[:-1]
+    return true_shape, pred_shape
+
+
+def _resized(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """``a`` with a trailing size-1 axis added or removed (always a view)."""
+    if a.shape == shape:
+        return a
+    return np.expand_dims(a, -1) if len(shape) > a.ndim else np.squeeze(a, -1)
+
+
+def _same_rank_pred(lay: _layout.Rows, pred_shape: tuple, axis, inplace, y_true, grad_out):
+    """Lay ``y_pred`` out again at Keras' rank (``pred_shape``) when it differs.
+
+    Returns the layout and the ``grad_out`` to write into (a view of the caller's).
+    """
+    if pred_shape == lay.arr.shape:
+        return lay, grad_out
+    try:
+        lay = _layout.rows(_resized(lay.arr, pred_shape), axis, inplace=inplace, y_true=y_true)
+    except ValueError as exc:  # e.g. `axis` does not fit the squeezed y_pred
+        raise ValueError(
+            f"y_true has shape {np.shape(y_true)} and y_pred has shape {lay.arr.shape}: Keras' "
+            f"rank rule makes y_pred of shape {pred_shape}, but then {exc}"
+        ) from None
+    if isinstance(grad_out, np.ndarray) and grad_out.ndim == len(pred_shape) + (
+            1 if len(pred_shape) < grad_out.ndim else -1) and grad_out.size == lay.arr.size:
+        grad_out = _resized(grad_out, pred_shape)
+    return lay, grad_out
+
+
+def _as_given(out: Outcome, y_pred, shape: tuple, grad_out, inplace) -> Outcome:
+    """The gradient and Hessian back in y_pred's own shape (after a Keras rank change)."""
+    if out.grad is not None and out.grad.shape != shape:
+        out.grad = y_pred if inplace else (grad_out if grad_out is not None
+                                           else out.grad.reshape(shape))
+    if out.hess is not None and out.hess.shape != shape:
+        out.hess = out.hess.reshape(shape)
+    return out
+
+
 def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: np.ndarray,
                 labels=None, target=None, grad=None, hess=None, lse=None, class_weight=None,
                 n_threads: int) -> int:
@@ -120,14 +179,29 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     _check_buffers(want_grad, want_hess, grad_out, inplace)
     nt = resolve_n_threads(opts.n_threads)
     lay = _layout.rows(y_pred, opts.axis, inplace=inplace, y_true=y_true)
+    given_shape, gout = lay.arr.shape, grad_out
+
+    labels = target = t = None
+    if opts.sparse:
+        true_shape = np.shape(y_true)
+        if lay.arr.ndim == 1 and len(true_shape) == 2 and true_shape[-1] == 1:
+            # Keras' rank rule expands a rank-1 y_pred for (batch, 1) labels: one class
+            lay, gout = _same_rank_pred(lay, lay.arr.shape + (1,), opts.axis, inplace, y_true,
+                                        grad_out)
+    else:
+        t = as_target_array(y_true, "y_true", lay.arr.dtype)
+        true_shape, pred_shape = keras_ranks(t.shape, lay.arr.shape)
+        if true_shape == pred_shape:  # else the shape error below names both shapes
+            t = _resized(t, true_shape)
+            lay, gout = _same_rank_pred(lay, pred_shape, opts.axis, inplace, y_true, grad_out)
     n_rows, ncls = lay.x2.shape
     cw = check_weight_vector(opts.class_weight, "class_weight", ncls, "class")
+    if ncls == 1 and not opts.sparse:  # Keras warns (its sparse loss does not)
+        warn_single_class("categorical_crossentropy", lay.arr.shape)
 
-    labels = target = None
     if opts.sparse:
         labels = as_labels(y_true, lay.batch_shape, lay.axis, lay.arr.ndim)
     else:
-        t = as_target_array(y_true, "y_true", lay.arr.dtype)
         if t.shape != lay.arr.shape:
             raise ValueError(
                 f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
@@ -146,7 +220,7 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         ignore_class=opts.ignore_class, class_weight=cw, sample_class_weight=sample_cw,
     )
 
-    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, grad_out, inplace)
+    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
     loss64 = np.empty(n_rows)
     lse = np.empty(n_rows) if want_lse else None
     if n_rows:
@@ -157,14 +231,14 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                                     opts.ignore_class)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
 
-    return Outcome(
+    return _as_given(Outcome(
         loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
-        grad=_layout.grad_result(grad2, lay, grad_out, inplace),
+        grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         lse=None if lse is None else lse.reshape(lay.batch_shape).astype(lay.arr.dtype),
         denominator=plan.denominator,
         total=_reduction.total(loss64, plan) if want_total else None,
-    )
+    ), y_pred, given_shape, grad_out, inplace)
 
 
 def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
@@ -176,33 +250,33 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         raise ValueError("the Hessian is available for from_logits=True only")
     nt = resolve_n_threads(opts.n_threads)
     lay = _layout.rows(y_pred, opts.axis, inplace=inplace, y_true=y_true)
-    n_rows, width = lay.x2.shape
-    pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
+    given_shape = lay.arr.shape
 
     t = as_target_array(y_true, "y_true", lay.arr.dtype)
-    if t.shape != lay.arr.shape:
-        if t.size == lay.arr.size and (
-            t.shape + (1,) == lay.arr.shape or t.shape == lay.arr.shape + (1,)
-        ):
-            t = t.reshape(lay.arr.shape)  # Keras' squeeze_or_expand_to_same_rank
-        else:
-            raise ValueError(
-                f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
-                "binary targets need the shape of y_pred"
-            )
+    true_shape, pred_shape = keras_ranks(t.shape, lay.arr.shape)
+    if t.shape != lay.arr.shape and true_shape != pred_shape:
+        raise ValueError(
+            f"y_true has shape {t.shape} but y_pred has shape {lay.arr.shape}; "
+            "binary targets need the shape of y_pred (or one more or one fewer trailing "
+            "axis of size 1, as in Keras)"
+        )
+    t = _resized(t, true_shape) if len(true_shape) != t.ndim else t
+    lay, gout = _same_rank_pred(lay, pred_shape, opts.axis, inplace, y_true, grad_out)
+    n_rows, width = lay.x2.shape
+    pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
     z2 = lay.rows_of(t)
     plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
 
-    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, grad_out, inplace)
+    grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
     loss64 = np.empty(n_rows)
     if n_rows:
         run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
                     pos_weight=pw, n_threads=nt)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
-    return Outcome(
+    return _as_given(Outcome(
         loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
-        grad=_layout.grad_result(grad2, lay, grad_out, inplace),
+        grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
         total=_reduction.total(loss64, plan) if want_total else None,
-    )
+    ), y_pred, given_shape, grad_out, inplace)

@@ -256,3 +256,31 @@ def broadcast_sample_weight(sample_weight, loss_shape: tuple) -> np.ndarray | No
             f"sample_weight with shape {np.shape(sample_weight)} cannot be broadcast to the "
             f"per-sample loss shape {loss_shape}"
         ) from None
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside the fastxent package (the user's call)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # the caller of the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_single_class(loss: str, pred_shape: tuple) -> None:
+    """Keras' warning for a categorical loss whose class axis has size 1 (its loss is 0).
+
+    ``SyntaxWarning``, as ``keras.losses.categorical_crossentropy`` gives, at the user's call.
+    """
+    import warnings
+
+    warnings.warn(
+        f"In loss {loss}, expected y_pred.shape to be (batch_size, num_classes) with "
+        f"num_classes > 1. Received: y_pred.shape={pred_shape}. Consider using "
+        "'binary_crossentropy' if you only have 2 classes.",
+        SyntaxWarning,
+        stacklevel=_caller_stacklevel(),
+    )

@@ -51,7 +51,8 @@ def categorical_crossentropy(
         Logits (``from_logits=True``) or probabilities.
     from_logits : bool
         With False (Keras' default) each row is divided by its sum and clipped to
-        ``[epsilon, 1 - epsilon]`` before the log.
+        ``[epsilon, 1 - epsilon]`` before the log, both bounds rounded to y_pred's dtype
+        like Keras' clip (float32: ``1 - 1e-7`` is ``1 - 2**-23``).
     label_smoothing : float in [0, 1]
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / C``.
     axis : int
@@ -191,6 +192,30 @@ def binary_crossentropy(
     return _dispatch.loss_and_grad(opts, y_true, y_pred)
 
 
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string (the loss's name, as in Keras), got {name!r}")
+    return name
+
+
+def _check_dtype(dtype):
+    """None, or float32/float64 as an ``np.dtype`` (Keras' ``dtype`` of a loss)."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype must be None, 'float32' or 'float64', got {dtype!r}"
+        ) from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(
+            f"dtype must be None (compute in y_pred's dtype), 'float32' or 'float64', got "
+            f"{dtype!r}; the kernels compute in float32 or float64 only"
+        )
+    return dt
+
+
 def _option(name: str, doc: str) -> property:
     return property(lambda self: getattr(self._options, name), doc=doc)
 
@@ -204,6 +229,8 @@ class _Loss:
 
     _config_keys: tuple = ()
     _options = None
+    _name = None
+    _dtype = None
 
     from_logits = _option("from_logits", "Whether y_pred holds logits.")
     label_smoothing = _option("label_smoothing", "Label smoothing in [0, 1].")
@@ -213,12 +240,40 @@ class _Loss:
                                      "'sum_over_batch_size').")
     n_threads = _option("n_threads", "OpenMP threads (None: OpenMP's default, -1: all).")
 
-    def _set_options(self, opts, reduction) -> None:
+    @property
+    def name(self) -> str:
+        """The loss's name (Keras' ``name``)."""
+        return self._name
+
+    @property
+    def dtype(self):
+        """The dtype computed in (``np.dtype``), or None for y_pred's own dtype."""
+        return self._dtype
+
+    def _set_options(self, opts, reduction, name, dtype) -> None:
         self._options = opts
         self._reduction_arg = reduction
+        self._name = _check_name(name)
+        self._dtype = _check_dtype(dtype)
+
+    def _cast(self, y_pred, inplace=False):
+        """y_pred in the loss's ``dtype`` (the targets follow y_pred's dtype)."""
+        dt = self._dtype
+        if dt is None or (isinstance(y_pred, np.ndarray) and y_pred.dtype == dt):
+            return y_pred
+        if inplace:
+            raise ValueError(
+                f"inplace=True needs y_pred of the loss's dtype {dt.name}; cast it first or "
+                "construct the loss with dtype=None"
+            )
+        arr = np.asarray(y_pred)
+        if arr.dtype.kind != "f":  # keep the dtype errors (and the swapped-arguments hint)
+            return y_pred
+        return arr.astype(dt)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """The reduced loss: a Python float (an ndarray for ``reduction="none"``)."""
+        y_pred = self._cast(y_pred)
         out = _fast_call(self._options, y_true, y_pred, sample_weight, False)
         if out is not None:
             return out
@@ -251,6 +306,7 @@ class _Loss:
         lse : ndarray
             Only with ``return_lse=True``.
         """
+        y_pred = self._cast(y_pred, inplace)
         if grad_out is None and not inplace and not return_lse:
             out = _fast_call(self._options, y_true, y_pred, sample_weight, True)
             if out is not None:
@@ -285,13 +341,16 @@ class _Loss:
         if not self.from_logits:
             raise ValueError("gradient_hessian needs from_logits=True")
         run = _dispatch.softmax if self._options.family == "softmax" else _dispatch.sigmoid
-        out = run(self._options, y_true, y_pred, sample_weight, want_grad=True, want_hess=True)
+        out = run(self._options, y_true, self._cast(y_pred), sample_weight, want_grad=True,
+                  want_hess=True)
         return out.grad, out.hess
 
     def get_config(self) -> dict:
         cfg = {key: getattr(self, key) for key in self._config_keys}
         cfg["reduction"] = self._reduction_arg
         cfg["n_threads"] = self.n_threads
+        cfg["name"] = self._name
+        cfg["dtype"] = None if self._dtype is None else self._dtype.name
         for key in ("class_weight", "pos_weight"):
             if isinstance(cfg.get(key), np.ndarray):
                 cfg[key] = cfg[key].tolist()
@@ -326,6 +385,11 @@ class CategoricalCrossentropy(_Loss):
         PyTorch's weighted mean); ``sum``; ``none``: per-sample weighted losses.  A zero
         denominator gives 0.0.
     n_threads : int or None
+    name : str, keyword-only
+        The loss's name (Keras' ``name``; default ``"categorical_crossentropy"``).
+    dtype : {None, "float32", "float64"}, keyword-only
+        Keras' ``dtype``: None computes in y_pred's dtype; a float dtype casts y_pred to it
+        first (targets follow y_pred's dtype), so results come in that dtype.
 
     Examples
     --------
@@ -342,12 +406,12 @@ class CategoricalCrossentropy(_Loss):
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
-                 epsilon=1e-7, z_loss=0.0):
+                 epsilon=1e-7, z_loss=0.0, name="categorical_crossentropy", dtype=None):
         self._set_options(softmax_options(
             sparse=False, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
             class_weight=class_weight, epsilon=epsilon, z_loss=z_loss, reduction=reduction,
             n_threads=n_threads,
-        ), reduction)
+        ), reduction, name, dtype)
 
     class_weight = _option("class_weight", "Per-class weights (None, a float or an array).")
     z_loss = _option("z_loss", "z-loss coefficient.")
@@ -365,6 +429,10 @@ class SparseCategoricalCrossentropy(_Loss):
         of non-ignored samples, and ``mean_with_sample_weight`` with ``class_weight`` equals
         ``torch.nn.functional.cross_entropy(weight=..., ignore_index=..., reduction="mean")``.
     n_threads : int or None
+    name : str, keyword-only
+        Default ``"sparse_categorical_crossentropy"``.
+    dtype : {None, "float32", "float64"}, keyword-only
+        As in :class:`CategoricalCrossentropy` (labels are not cast).
 
     Examples
     --------
@@ -380,12 +448,13 @@ class SparseCategoricalCrossentropy(_Loss):
 
     def __init__(self, from_logits=False, ignore_class=None, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", class_weight=None, n_threads=None, *,
-                 epsilon=1e-7, z_loss=0.0):
+                 epsilon=1e-7, z_loss=0.0, name="sparse_categorical_crossentropy",
+                 dtype=None):
         self._set_options(softmax_options(
             sparse=True, from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
             class_weight=class_weight, ignore_class=ignore_class, epsilon=epsilon,
             z_loss=z_loss, reduction=reduction, n_threads=n_threads,
-        ), reduction)
+        ), reduction, name, dtype)
 
     class_weight = _option("class_weight", "Per-class weights (None, a float or an array).")
     ignore_class = _option("ignore_class", "The ignored label, or None.")
@@ -402,6 +471,10 @@ class BinaryCrossentropy(_Loss):
     reduction : str
         As in :class:`CategoricalCrossentropy`.
     n_threads : int or None
+    name : str, keyword-only
+        Default ``"binary_crossentropy"``.
+    dtype : {None, "float32", "float64"}, keyword-only
+        As in :class:`CategoricalCrossentropy`.
 
     Examples
     --------
@@ -415,11 +488,11 @@ class BinaryCrossentropy(_Loss):
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", pos_weight=None, n_threads=None, *,
-                 epsilon=1e-7):
+                 epsilon=1e-7, name="binary_crossentropy", dtype=None):
         self._set_options(sigmoid_options(
             from_logits=from_logits, label_smoothing=label_smoothing, axis=axis,
             pos_weight=pos_weight, epsilon=epsilon, reduction=reduction, n_threads=n_threads,
-        ), reduction)
+        ), reduction, name, dtype)
 
     pos_weight = _option("pos_weight", "Weight of the positive term (None, a float or an "
                                        "array).")

@@ -32,6 +32,7 @@ from dask.utils import parse_bytes
 import fastxent.losses as _np_losses
 from fastxent import _reduction
 from fastxent._cache import buffer_cache_info, set_buffer_cache
+from fastxent._dispatch import keras_ranks
 from fastxent._errors import LabelRangeError
 from fastxent._validation import (
     as_float_array,
@@ -439,6 +440,8 @@ def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
     kind = next(k for k, cls in _NUMPY_CLASSES.items() if isinstance(loss_obj, cls))
     loss_obj = _NUMPY_CLASSES[kind].from_config(loss_obj.get_config())  # what blocks run
     y_pred = _as_dask(y_pred, "y_pred")
+    if loss_obj.dtype is not None and y_pred.dtype.kind == "f" and y_pred.dtype != loss_obj.dtype:
+        y_pred = y_pred.astype(loss_obj.dtype)  # the loss's dtype= (Keras'), as in NumPy
     as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true)
     axis = normalize_axis(loss_obj.axis, y_pred.ndim)
     _check_known_chunks(y_pred, "y_pred")
@@ -460,11 +463,15 @@ def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
             )
         y_true = _align(da.expand_dims(y_true, axis), single_class_chunks)
     else:
-        if (kind == "binary" and y_true.shape != y_pred.shape
-                and y_true.size == y_pred.size
-                and (y_true.shape + (1,) == y_pred.shape
-                     or y_true.shape == y_pred.shape + (1,))):
-            y_true = y_true.reshape(y_pred.shape)  # Keras' squeeze_or_expand_to_same_rank
+        true_shape, pred_shape = keras_ranks(y_true.shape, y_pred.shape)
+        if true_shape == pred_shape and pred_shape != y_pred.shape:
+            raise ValueError(
+                f"y_true has shape {y_true.shape} and y_pred has shape {y_pred.shape}: Keras' "
+                f"rank rule reshapes y_pred to {pred_shape}, which the dask losses do not do; "
+                f"reshape y_pred to {pred_shape} (and y_true to {true_shape}) first"
+            )
+        if true_shape == pred_shape and true_shape != y_true.shape:
+            y_true = y_true.reshape(true_shape)  # Keras' squeeze_or_expand_to_same_rank
         if y_true.shape != y_pred.shape:
             what = "binary" if kind == "binary" else "categorical"
             raise ValueError(
