@@ -518,7 +518,7 @@ def corruptions(draw, case: Case):
         problem = draw(st.sampled_from(("shape", "dtype", "readonly", "overlap", "noncontig",
                                         "list", "both")))
         pred_shape = case.pred_shape
-        moved = np.moveaxis(np.empty(pred_shape, dtype=case.dtype), case.axis, -1)
+        moved = np.moveaxis(np.zeros(pred_shape, dtype=case.dtype), case.axis, -1)
         good = np.moveaxis(np.ascontiguousarray(moved), -1, case.axis)
         case.inplace = False
         if problem == "shape":
