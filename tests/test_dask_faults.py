@@ -149,3 +149,42 @@ def test_block_larger_than_worker_memory_raises_a_clear_memory_error():
     assert 1 <= exc.suggested_rows < rows
     assert exc.suggested_rows * n_cols * 8 < limit / 4
     assert f"Rechunk X to at most {exc.suggested_rows:,} rows per block" in message
+
+
+def _big_logits(block_info=None, *, n_cols):
+    lo, hi = block_info[None]["array-location"][0]
+    return np.random.default_rng([7, lo]).standard_normal((hi - lo, n_cols), dtype=np.float32)
+
+
+def test_metric_block_larger_than_worker_memory_raises_a_clear_memory_error():
+    """As above for a stateful metric's update_state: a 160 MB block of y_pred on workers
+    limited to 250 MB; the metric's state is unchanged."""
+    from fastxent.metrics import SparseCategoricalCrossentropy
+
+    limit, rows, n_cols = 250_000_000, 100_000, 400  # 160 MB per block, float32
+    logits = da.map_blocks(_big_logits, n_cols=n_cols, chunks=((rows,) * 2, (n_cols,)),
+                           dtype=np.float32, meta=np.empty((0, 0), np.float32))
+    labels = da.zeros(2 * rows, dtype=np.int64, chunks=rows)
+    metric = SparseCategoricalCrossentropy(from_logits=True)
+    with local_cluster(limit, allowed_failures=0):
+        box = {}
+
+        def update():
+            try:
+                metric.update_state(labels, logits)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                box["exc"] = exc
+
+        thread = threading.Thread(target=update, daemon=True)
+        thread.start()
+        thread.join(timeout=50)
+        assert not thread.is_alive(), "update_state hung"
+    exc = box.get("exc")
+    assert isinstance(exc, WorkerMemoryError), f"expected WorkerMemoryError, got {exc!r}"
+    assert isinstance(exc.__cause__, distributed.KilledWorker)
+    assert exc.block_bytes == rows * n_cols * 4
+    assert f"{rows * n_cols * 4:,} bytes" in str(exc)
+    assert f"{limit:,} bytes" in str(exc)
+    assert f"Rechunk y_pred to at most {exc.suggested_rows:,} rows per block" in str(exc)
+    assert 1 <= exc.suggested_rows < rows
+    assert (metric.total, metric.count) == (0.0, 0.0)
