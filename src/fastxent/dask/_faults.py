@@ -39,6 +39,9 @@ def _worker_memory(client):
     (inf, 0) when unknown."""
     try:
         workers = client.scheduler_info()["workers"].values()
+        if not workers:  # all killed at once: wait (briefly) for a nanny to restart one
+            client.wait_for_workers(1, timeout=10)
+            workers = client.scheduler_info()["workers"].values()
     except Exception:  # noqa: BLE001 - the cluster may be going down; the message still helps
         return math.inf, 0
     limits = [w.get("memory_limit") or math.inf for w in workers]
@@ -66,9 +69,12 @@ def report_killed_workers(name, block_rows, row_bytes, client=None):
         yield
     except killed as exc:
         if client is None:
-            from fastxent.dask._fit import _active_client
+            from distributed import default_client
 
-            client = _active_client()
+            try:
+                client = default_client()  # KilledWorker came from one
+            except ValueError:
+                client = None
         limit, used = _worker_memory(client) if client is not None else (math.inf, 0)
         block_bytes = int(block_rows * row_bytes)
         # A block needs a few times its size while it is computed (its source, the block,
