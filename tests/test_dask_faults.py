@@ -9,6 +9,7 @@
 
 import contextlib
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 
 import fastxent as fx  # noqa: E402
-from fastxent.dask._faults import WorkerMemoryError  # noqa: E402
+from fastxent.dask import WorkerMemoryError  # noqa: E402
 from fastxent.sklearn import SoftmaxRegression  # noqa: E402
 
 # The lazy data generators below run on the workers, which cannot import this test module.
@@ -142,6 +143,8 @@ def test_block_larger_than_worker_memory_raises_a_clear_memory_error():
     exc = box.get("exc")
     assert isinstance(exc, WorkerMemoryError), f"expected WorkerMemoryError, got {exc!r}"
     assert isinstance(exc, MemoryError)
+    again = pickle.loads(pickle.dumps(exc))
+    assert (type(again), str(again)) == (WorkerMemoryError, str(exc))
     assert isinstance(exc.__cause__, distributed.KilledWorker)
     message = str(exc)
     block_bytes = rows * n_cols * 8

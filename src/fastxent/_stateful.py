@@ -126,7 +126,7 @@ class _Metric:
             workers more than ``distributed.scheduler.allowed-failures`` times
             (``distributed.KilledWorker``, kept as ``__cause__``), most likely a block of
             ``y_pred`` too large for a worker's memory limit:
-            ``fastxent.dask._faults.WorkerMemoryError``, whose message names the block's
+            ``fastxent.dask.WorkerMemoryError``, whose message names the block's
             bytes, the limit and the rows per block to rechunk to; the state is unchanged.
             A worker lost fewer times costs only time: the result is bitwise the same.
         """

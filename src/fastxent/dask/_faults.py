@@ -27,7 +27,7 @@ class WorkerMemoryError(MemoryError):
     ``block_bytes``, ``memory_limit`` (bytes; ``math.inf`` when unknown), ``suggested_rows``.
     """
 
-    def __init__(self, message, *, block_bytes, memory_limit, suggested_rows):
+    def __init__(self, message, *, block_bytes=None, memory_limit=None, suggested_rows=None):
         super().__init__(message)
         self.block_bytes = block_bytes
         self.memory_limit = memory_limit

@@ -154,7 +154,7 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
 
     Raises
     ------
-    fastxent.dask._faults.WorkerMemoryError
+    fastxent.dask.WorkerMemoryError
         (a ``MemoryError``) when a block's task killed its workers more than
         ``distributed.scheduler.allowed-failures`` times (``distributed.KilledWorker``, its
         ``__cause__``), most likely a block of ``X`` too large for a worker's memory limit:

@@ -35,7 +35,7 @@ def block_states(metric, y_true, y_pred, sample_weight=None) -> np.ndarray:
     active).
 
     A block's task that killed its workers more than ``distributed.scheduler.allowed-failures``
-    times raises :class:`fastxent.dask._faults.WorkerMemoryError` (a ``MemoryError`` naming
+    times raises :class:`fastxent.dask.WorkerMemoryError` (a ``MemoryError`` naming
     the block's bytes, the workers' memory limit and the rows per block to rechunk to);
     a worker lost fewer times only costs the recomputation of its blocks."""
     job = _prepare(metric._loss_object(), y_true, y_pred, sample_weight)
