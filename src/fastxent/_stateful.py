@@ -118,6 +118,17 @@ class _Metric:
             broadcastable to the per-sample loss shape).  NumPy arrays, or Dask arrays:
             then each block's state is computed where the block lives and the states are
             merged in block order (:mod:`fastxent.dask` is imported on first use).
+
+        Raises
+        ------
+        MemoryError
+            With Dask arrays on a ``distributed`` cluster, when a block's task killed its
+            workers more than ``distributed.scheduler.allowed-failures`` times
+            (``distributed.KilledWorker``, kept as ``__cause__``), most likely a block of
+            ``y_pred`` too large for a worker's memory limit:
+            ``fastxent.dask.WorkerMemoryError``, whose message names the block's
+            bytes, the limit and the rows per block to rechunk to; the state is unchanged.
+            A worker lost fewer times costs only time: the result is bitwise the same.
         """
         if _is_dask(y_pred) or _is_dask(y_true) or _is_dask(sample_weight):
             from fastxent.dask._metrics import block_states

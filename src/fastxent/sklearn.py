@@ -199,6 +199,17 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : SoftmaxRegression
+
+        Raises
+        ------
+        MemoryError
+            With a Dask ``X`` on a ``distributed`` cluster, when a block's task killed its
+            workers more than ``distributed.scheduler.allowed-failures`` times
+            (``distributed.KilledWorker``, kept as ``__cause__``), most likely a block too
+            large for a worker's memory limit: ``fastxent.dask.WorkerMemoryError``,
+            whose message names the block's bytes, the limit and the rows per block to
+            rechunk ``X`` to.  A worker lost fewer times costs only time: its blocks are
+            recomputed and the coefficients equal the undisturbed fit's (to 1e-10).
         """
         if _is_dask_collection(X):
             from fastxent.dask import _fit_softmax_regression

@@ -11,6 +11,8 @@ travel to be combined.
   :class:`BinaryCrossentropy` take the options of the NumPy classes (they are subclasses);
   calling one and its ``loss_and_grad`` / ``gradient`` take and return Dask arrays.
   Reductions are exact, not means of block means.
+* :class:`WorkerMemoryError` (a ``MemoryError``): what the fit and the metrics' update raise
+  for ``distributed.KilledWorker``, a block too large for a worker's memory limit.
 
 ``SoftmaxRegression.fit`` (:mod:`fastxent.sklearn`) with a Dask ``X`` is fitted here,
 data-parallel, on the in-memory fit's objective (:mod:`fastxent._glm`).
@@ -25,6 +27,7 @@ for a Dask ``X``) and ``_metrics`` (the per-block states of :mod:`fastxent.metri
 given Dask arrays, imported by them on first use).
 """
 
+from fastxent.dask._faults import WorkerMemoryError
 from fastxent.dask._fit import _fit_softmax_regression  # noqa: F401  (SoftmaxRegression.fit's)
 from fastxent.dask._losses import (
     BinaryCrossentropy,
@@ -42,6 +45,7 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "BinaryCrossentropy",
+    "WorkerMemoryError",
 ]
 
 # The public names are fastxent.dask's (their repr, pickles, help() and doctests say so).

@@ -16,6 +16,7 @@ import numpy as np
 from dask.array.core import PerformanceWarning
 
 from fastxent import _glm
+from fastxent.dask._faults import report_killed_workers
 from fastxent.dask._losses import _align, _as_dask, _cache_off_on_workers, _check_known_chunks
 
 
@@ -125,7 +126,7 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
     The same objective as the in-memory fit (:class:`fastxent._glm.GLM`): classes, class
     weights and the normalizing total weight come from reductions over the blocks of ``y``
     and ``sample_weight``; then every L-BFGS evaluation ships only the parameter vector to
-    the workers (scattered to all of them when a distributed Client is active), each block
+    the workers (one task of the graph, fetched by every worker that needs it), each block
     computes its data term and gradient ``X_b.T @ G_b`` with the compiled kernel
     (:meth:`fastxent._glm.GLM.data_loss_grad`), the per-block vectors are summed by a tree
     reduction on the workers, and the client adds the L2 penalty.
@@ -150,14 +151,35 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
     Returns
     -------
     estimator
-    """
-    from sklearn.utils.multiclass import check_classification_targets
 
+    Raises
+    ------
+    fastxent.dask.WorkerMemoryError
+        (a ``MemoryError``) when a block's task killed its workers more than
+        ``distributed.scheduler.allowed-failures`` times (``distributed.KilledWorker``, its
+        ``__cause__``), most likely a block of ``X`` too large for a worker's memory limit:
+        the message names the block's bytes, the limit and the rows per block to rechunk to.
+
+    Notes
+    -----
+    A worker lost during the fit (killed, crashed, restarted by its nanny) costs only time:
+    the scheduler recomputes its blocks elsewhere, and every block's contribution depends on
+    the block alone, so the fitted coefficients are the undisturbed fit's, bit for bit.
+    """
     glm = _glm.check_params(estimator)
     X = _check_X(X)
     n_features = X.shape[1]
     y, sw = _check_y_and_weights(y, sample_weight, X)
+    row_bytes = n_features * X.dtype.itemsize
+    with report_killed_workers("X", max(X.chunks[0]), row_bytes, _active_client()):
+        return _fit(estimator, glm, X, y, sw)
 
+
+def _fit(estimator, glm, X, y, sw):
+    """The fit's passes over the blocks (see :func:`_fit_softmax_regression`)."""
+    from sklearn.utils.multiclass import check_classification_targets
+
+    n_features = X.shape[1]
     # Pass 1 over y (and the weights): the classes.
     classes = np.asarray(da.unique(y).compute())
     check_classification_targets(classes)
@@ -191,10 +213,12 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
 
     def loss_grad(params, blocks):
         """The objective: data term summed over blocks on the workers, plus the penalty."""
-        shared = client.scatter(params, broadcast=True, hash=False) if client else params
+        # The parameters travel as one task of the graph (not scattered data): a task that
+        # a lost worker held is recomputed from its graph, scattered data would be lost.
+        shared = da.from_array(params, chunks=-1, name=False)
         parts = da.blockwise(
-            _block_data_term, "ij", blocks, "i", shared, None, new_axes={"j": 1 + params.size},
-            glm=glm, dtype=np.float64, meta=np.empty((0, 0)),
+            _block_data_term, "ij", blocks, "i", shared, "k", new_axes={"j": 1 + params.size},
+            glm=glm, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
         )
         packed = parts.sum(axis=0).compute()  # a tree reduction on the workers
         pen, pgrad = glm.penalty_grad(params, n_features)
@@ -202,7 +226,7 @@ def _fit_softmax_regression(estimator, X, y, sample_weight=None):
 
     n_out = 1 if k == 2 else k
     estimator.coef_, estimator.intercept_, estimator.n_iter_ = glm.minimize(
-        loss_grad, (blocks,), n_features, n_out, stacklevel=3
+        loss_grad, (blocks,), n_features, n_out, stacklevel=4
     )
     estimator.n_features_in_ = n_features
     if hasattr(estimator, "feature_names_in_"):

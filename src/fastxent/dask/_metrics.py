@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastxent.dask._faults import report_killed_workers
 from fastxent.dask._losses import _block_inputs, _prepare, _run_block
 
 
@@ -31,11 +32,20 @@ def _block_state(y_pred_b, y_true_b, *rest, obj, axis, sparse, weight, n_weight_
 def block_states(metric, y_true, y_pred, sample_weight=None) -> np.ndarray:
     """The ``(n_blocks, 2)`` float64 per-block states of ``metric`` on Dask inputs, in
     block order; computed with the current Dask scheduler (a distributed Client if one is
-    active)."""
+    active).
+
+    A block's task that killed its workers more than ``distributed.scheduler.allowed-failures``
+    times raises :class:`fastxent.dask.WorkerMemoryError` (a ``MemoryError`` naming
+    the block's bytes, the workers' memory limit and the rows per block to rechunk to);
+    a worker lost fewer times only costs the recomputation of its blocks."""
     job = _prepare(metric._loss_object(), y_true, y_pred, sample_weight)
     proto = type(metric).from_config(metric.get_config())  # options only: no state shipped
     chunks = tuple((2,) if i == job.axis else (1,) * len(c)
                    for i, c in enumerate(job.y_pred.chunks))
     states = job.map_kernel(_block_state, meta_dtype=np.float64, obj=proto, chunks=chunks)
-    out = np.asarray(states.compute())
+    row_chunks = job.y_pred.chunks[0] if job.axis != 0 else (1,)
+    row_bytes = job.y_pred.dtype.itemsize * int(np.prod(
+        [sum(c) for i, c in enumerate(job.y_pred.chunks) if i != 0]))
+    with report_killed_workers("y_pred", max(row_chunks), row_bytes):
+        out = np.asarray(states.compute())
     return np.moveaxis(out, job.axis, -1).reshape(-1, 2)
