@@ -1,0 +1,358 @@
+"""fastxent.torch against torch.nn.functional: values, gradients, autograd, errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+fxt = pytest.importorskip("fastxent.torch")
+
+RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+DTYPES = (torch.float32, torch.float64)
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def assert_close(actual, desired, dtype):
+    """Relative to the reference's scale (gradients have entries near 0), NaN matching NaN."""
+    a = actual.detach().to(torch.float64).numpy()
+    d = desired.detach().to(torch.float64).numpy()
+    assert a.shape == d.shape, f"shape {a.shape} != {d.shape}"
+    finite = d[np.isfinite(d)]
+    scale = float(np.max(np.abs(finite))) if finite.size else 1.0
+    rtol = RTOL[dtype]
+    np.testing.assert_allclose(a, d, rtol=rtol, atol=rtol * max(scale, 1e-300), equal_nan=True)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def grad_output_for(loss, g):
+    """A non-uniform grad_output for per-sample losses, 1.0 for a scalar."""
+    if loss.dim() == 0:
+        return torch.tensor(1.0, dtype=loss.dtype)
+    return torch.rand(loss.shape, generator=g, dtype=loss.dtype) * 2 - 0.5
+
+
+def forward_backward(func, inputs, g, grad_output=None):
+    """func(*inputs): the loss and the gradients of the inputs that require grad."""
+    loss = func(*inputs)
+    go = grad_output_for(loss, g) if grad_output is None else grad_output
+    grads = torch.autograd.grad(loss, [t for t in inputs if isinstance(t, torch.Tensor)
+                                       and t.requires_grad], go)
+    return loss, grads, go
+
+
+# --------------------------------------------------------------------------- cross_entropy
+
+SHAPES = [(7, 5), (3, 5, 4), (2, 4, 3, 2), (5,)]
+
+
+def ce_case(seed, shape, dtype, soft, ignore):
+    g = gen(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+    class_axis = 0 if len(shape) == 1 else 1
+    n_classes = shape[class_axis]
+    batch = shape[:class_axis] + shape[class_axis + 1:]
+    if soft:
+        t = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), class_axis)
+        t = t.to(dtype)
+    else:
+        t = torch.randint(0, n_classes, batch, generator=g)
+        if ignore and t.numel() > 1:
+            t.view(-1)[::3] = -100
+    w = torch.rand(n_classes, generator=g, dtype=dtype) + 0.25
+    return g, x, t, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_matches_torch(dtype, shape, soft, weighted, smoothing, reduction):
+    g, x, t, w = ce_case(len(shape) * 10 + soft, shape, dtype, soft, ignore=True)
+    kw = dict(weight=w if weighted else None, reduction=reduction, label_smoothing=smoothing)
+    ours_x = x.clone().requires_grad_()
+    loss, (grad,), go = forward_backward(lambda a: fxt.cross_entropy(a, t, **kw), [ours_x], g)
+    ref_x = x.to(torch.float64).requires_grad_()
+    ref_kw = dict(kw, weight=None if not weighted else w.to(torch.float64))
+    ref_t = t.to(torch.float64) if soft else t
+    ref = F.cross_entropy(ref_x, ref_t, **ref_kw)
+    (ref_grad,) = torch.autograd.grad(ref, [ref_x], go.to(torch.float64))
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert loss.shape == ref.shape and grad.shape == x.shape
+    assert_close(loss, ref, dtype)
+    assert_close(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_ignore_index_value(reduction):
+    g, x, t, w = ce_case(3, (9, 4), torch.float64, False, ignore=False)
+    t[::2] = 2  # the ignored class is a real class index here
+    xa = x.clone().requires_grad_()
+    loss, (grad,), go = forward_backward(
+        lambda a: fxt.cross_entropy(a, t, weight=w, ignore_index=2, reduction=reduction,
+                                    label_smoothing=0.1), [xa], g)
+    xb = x.clone().requires_grad_()
+    ref = F.cross_entropy(xb, t, weight=w, ignore_index=2, reduction=reduction,
+                          label_smoothing=0.1)
+    (ref_grad,) = torch.autograd.grad(ref, [xb], go)
+    assert_close(loss, ref, torch.float64)
+    assert_close(grad, ref_grad, torch.float64)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_every_target_ignored_is_nan(weighted):
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.full((4,), -100)
+    w = torch.rand(3, dtype=torch.float64) if weighted else None
+    loss = fxt.cross_entropy(x, t, weight=w)
+    loss.backward()
+    ref = F.cross_entropy(x.detach(), t, weight=w)
+    assert torch.isnan(loss) and torch.isnan(ref)
+    assert torch.equal(x.grad, torch.zeros(4, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", [2.5, -0.75])
+def test_cross_entropy_scalar_grad_output(scale):
+    g, x, t, w = ce_case(5, (6, 5), torch.float64, False, ignore=True)
+    go = torch.tensor(scale, dtype=torch.float64)
+    xa = x.clone().requires_grad_()
+    _, (grad,), _ = forward_backward(lambda a: fxt.cross_entropy(a, t, weight=w), [xa], g, go)
+    xb = x.clone().requires_grad_()
+    (ref_grad,) = torch.autograd.grad(F.cross_entropy(xb, t, weight=w), [xb], go)
+    assert_close(grad, ref_grad, torch.float64)
+
+
+def test_cross_entropy_channels_last_is_read_in_place():
+    g, x, t, _ = ce_case(6, (2, 5, 3, 4), torch.float64, False, ignore=False)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    loss = fxt.cross_entropy(xc, t)
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    F.cross_entropy(xr, t).backward()
+    assert_close(xc.grad, xr.grad, torch.float64)
+
+
+def test_cross_entropy_gradient_is_computed_once(monkeypatch):
+    calls = []
+    real = fxt._call
+    monkeypatch.setattr(fxt, "_call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 3, 0]), reduction="none")
+    assert len(calls) == 1
+    loss.backward(torch.rand(5, dtype=torch.float64))
+    assert len(calls) == 1  # backward only scales the saved gradient
+
+
+def test_cross_entropy_without_grad_needs_no_gradient():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 3, 0]))
+    assert loss.grad_fn is None
+    assert_close(loss, F.cross_entropy(x, torch.tensor([0, 1, 2, 3, 0])), torch.float64)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_gradcheck(soft, reduction):
+    g, x, t, w = ce_case(7, (4, 5, 3), torch.float64, soft, ignore=True)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a: fxt.cross_entropy(a, t, weight=w, reduction=reduction, label_smoothing=0.1),
+        (x,), eps=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------- binary
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5), (7,)])
+@pytest.mark.parametrize("weight_shape", [None, "last", "rows"])
+@pytest.mark.parametrize("pos", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_matches_torch(dtype, shape, weight_shape, pos, reduction):
+    g = gen(len(shape) + 3 * pos)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    t = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+    t.view(-1)[::4] = 1.0
+    t.view(-1)[1::4] = 0.0
+    w_shape = {None: None, "last": shape[-1:], "rows": shape[:1] + (1,) * (len(shape) - 1)}[
+        weight_shape]
+    w = None if w_shape is None else torch.rand(w_shape, generator=g, dtype=dtype) + 0.5
+    pw = torch.rand(shape[-1:], generator=g, dtype=dtype) * 3 if pos else None
+    xa = x.clone().requires_grad_()
+    loss, (grad,), go = forward_backward(
+        lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw), [xa], g)
+    xb = x.to(torch.float64).requires_grad_()
+    d = (lambda v: None if v is None else v.to(torch.float64))
+    ref = F.binary_cross_entropy_with_logits(xb, t.to(torch.float64), d(w),
+                                             reduction=reduction, pos_weight=d(pw))
+    (ref_grad,) = torch.autograd.grad(ref, [xb], go.to(torch.float64))
+    assert loss.dtype == dtype and loss.shape == ref.shape
+    assert_close(loss, ref, dtype)
+    assert_close(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_gradcheck(reduction):
+    g = gen(11)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(5, 3, generator=g, dtype=torch.float64)
+    w = torch.rand(5, 1, generator=g, dtype=torch.float64)
+    pw = torch.rand(3, generator=g, dtype=torch.float64) * 2
+    assert torch.autograd.gradcheck(
+        lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw), (x,),
+        eps=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------ linear head
+
+def linear_case(seed, batch, dtype, bias, n_vocab=11, d=8):
+    g = gen(seed)
+    h = torch.randn(batch + (d,), generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(n_vocab, d, generator=g, dtype=torch.float64) / 2).to(dtype)
+    b = (torch.randn(n_vocab, generator=g, dtype=torch.float64)).to(dtype) if bias else None
+    t = torch.randint(0, n_vocab, batch, generator=g)
+    t.view(-1)[::4] = -100
+    return g, h, w, b, t
+
+
+def reference_linear(h, w, t, b, reduction, smoothing, z_loss):
+    """F.linear + F.cross_entropy (+ the z-loss, which PyTorch lacks) in float64."""
+    logits = F.linear(h, w, b)
+    ce = F.cross_entropy(logits.reshape(-1, w.shape[0]), t.reshape(-1), reduction="none",
+                         label_smoothing=smoothing)
+    valid = (t.reshape(-1) != -100).to(h.dtype)
+    per = ce + z_loss * torch.logsumexp(logits.reshape(-1, w.shape[0]), 1) ** 2 * valid
+    if reduction == "none":
+        return per.reshape(t.shape)
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / valid.sum()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [(12,), (2, 5)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_matches_torch(dtype, batch, bias, smoothing, z_loss, reduction):
+    g, h, w, b, t = linear_case(len(batch), batch, dtype, bias)
+    inputs = [v.clone().requires_grad_() for v in (h, w) + ((b,) if bias else ())]
+    loss, grads, go = forward_backward(
+        lambda hh, ww, *bb: fxt.linear_cross_entropy(
+            hh, ww, t, bb[0] if bb else None, reduction=reduction, label_smoothing=smoothing,
+            z_loss=z_loss), inputs, g)
+    ref_inputs = [v.to(torch.float64).requires_grad_() for v in inputs]
+    ref = reference_linear(ref_inputs[0], ref_inputs[1], t,
+                           ref_inputs[2] if bias else None, reduction, smoothing, z_loss)
+    if z_loss == 0.0:  # PyTorch's own composition
+        plain = F.cross_entropy(F.linear(*[v.detach() for v in ref_inputs[:2]],
+                                         ref_inputs[2].detach() if bias else None).reshape(
+            -1, w.shape[0]), t.reshape(-1), reduction=reduction, label_smoothing=smoothing)
+        assert_close(plain.reshape(ref.shape), ref, torch.float64)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, go.to(torch.float64))
+    assert loss.dtype == dtype and loss.shape == ref.shape
+    assert_close(loss, ref, dtype)
+    for ours, theirs in zip(grads, ref_grads, strict=True):
+        assert ours.shape == theirs.shape and ours.dtype == dtype
+        assert_close(ours, theirs, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_gradcheck(reduction):
+    _, h, w, b, t = linear_case(4, (6,), torch.float64, True, n_vocab=7, d=3)
+    inputs = tuple(v.requires_grad_() for v in (h, w, b))
+    assert torch.autograd.gradcheck(
+        lambda hh, ww, bb: fxt.linear_cross_entropy(hh, ww, t, bb, reduction=reduction,
+                                                    label_smoothing=0.1, z_loss=1e-2),
+        inputs, eps=1e-6, atol=1e-8)
+
+
+def test_linear_cross_entropy_saves_nothing_of_size_n_by_v():
+    n, n_vocab, d = 64, 50, 4
+    g = gen(0)
+    h = torch.randn(n, d, generator=g, requires_grad=True)
+    w = torch.randn(n_vocab, d, generator=g, requires_grad=True)
+    t = torch.randint(0, n_vocab, (n,), generator=g)
+    for reduction in REDUCTIONS:
+        loss = fxt.linear_cross_entropy(h, w, t, reduction=reduction)
+        sizes = [s.numel() for s in loss.grad_fn.saved_tensors]
+        assert sizes and max(sizes) < n * n_vocab, (reduction, sizes)
+
+
+def test_linear_cross_entropy_every_target_ignored_is_nan():
+    h = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(5, 4, requires_grad=True)
+    t = torch.full((3,), -100)
+    loss = fxt.linear_cross_entropy(h, w, t)
+    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(h @ w.T, t))
+
+
+# -------------------------------------------------------------------------------- errors
+
+def test_errors_name_the_argument():
+    x = torch.randn(3, 4)
+    t = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="input is on device meta.*cpu"):
+        fxt.cross_entropy(torch.empty(3, 4, device="meta"), t)
+    with pytest.raises(TypeError, match="input must have dtype float32 or float64, got torch.int"):
+        fxt.cross_entropy(torch.zeros(3, 4, dtype=torch.int32), t)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        fxt.cross_entropy(x.numpy(), t)
+    with pytest.raises(ValueError, match="target requires grad.*target.detach"):
+        fxt.cross_entropy(x, torch.softmax(x, 1).requires_grad_())
+    with pytest.raises(ValueError, match="weight requires grad"):
+        fxt.cross_entropy(x, t, weight=torch.ones(4, requires_grad=True))
+    with pytest.raises(ValueError, match="weight must have one entry per class"):
+        fxt.cross_entropy(x, t, weight=torch.ones(3))
+    with pytest.raises(ValueError, match="target: label 7 at position \\(1,\\)"):
+        fxt.cross_entropy(x, torch.tensor([0, 7, 1]))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        fxt.cross_entropy(x, t, reduction="batchmean")
+    with pytest.raises(ValueError, match="pos_weight has shape \\(3,\\)"):
+        fxt.binary_cross_entropy_with_logits(x, x.sigmoid(), pos_weight=torch.ones(3))
+    with pytest.raises(ValueError, match="target: label 9"):
+        fxt.linear_cross_entropy(x, torch.randn(5, 4), torch.tensor([0, 9, 1]))
+    with pytest.raises(TypeError, match="weight has dtype float64 but hidden has dtype float32"):
+        fxt.linear_cross_entropy(x, torch.randn(5, 4, dtype=torch.float64), t)
+
+
+def _bfloat16_supported():
+    pytest.importorskip("ml_dtypes")
+    return fxt._kernels_accept("bfloat16")
+
+
+def test_bfloat16_refused_until_the_kernels_support_it():
+    if _bfloat16_supported():
+        pytest.skip("these kernels compute in bfloat16 (test_bfloat16_matches_torch runs)")
+    x = torch.randn(3, 4).to(torch.bfloat16)
+    with pytest.raises(TypeError, match="input has dtype torch.bfloat16: bfloat16 needs"):
+        fxt.cross_entropy(x, torch.tensor([0, 1, 2]))
+
+
+def test_bfloat16_matches_torch():
+    if not _bfloat16_supported():
+        pytest.skip("this fastxent build has no bfloat16 kernels")
+    g = gen(1)
+    x = torch.randn(6, 5, generator=g).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, 5, (6,), generator=g)
+    loss = fxt.cross_entropy(x, t)
+    loss.backward()
+    xr = x.detach().to(torch.float64).requires_grad_()
+    ref = F.cross_entropy(xr, t)
+    ref.backward()
+    assert loss.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    np.testing.assert_allclose(loss.float().item(), ref.item(), rtol=1e-2)
+    np.testing.assert_allclose(x.grad.double().numpy(), xr.grad.numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_import_fastxent_does_not_import_torch():
+    code = ("import sys, fastxent; "
+            "assert 'torch' not in sys.modules and 'ml_dtypes' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
