@@ -178,6 +178,26 @@ class TestTinyRun:
         assert "fastxent.linear_cross_entropy_and_grad" in text
 
 
+def test_torch_group(tmp_path):
+    """fastxent.torch against PyTorch, and the linear group's fastxent.torch row, in workers."""
+    pytest.importorskip("torch")
+    status, text, log = _run(["--tiny", "--only", "torch,linear", "--threads", "2",
+                              "--out-dir", str(tmp_path)])
+    assert status == 0
+    result = _result(tmp_path)
+    (row,) = result["torch"]["rows"]
+    assert "error" not in row, row
+    assert row["shape"] == [64, 100] and row["fxtorch"] > 0 and row["torch"] > 0
+    assert row["loss_rel"] < 1e-6 and row["grad_rel"] < 1e-5
+    assert "| 64 x 100 |" in text and "fastxent.torch.cross_entropy + backward" in text
+    linear_rows = {r["variant"]: r for r in result["linear"]["rows"]}
+    fxtorch = linear_rows["fxtorch"]
+    assert fxtorch["loss_rel"] < 1e-6 and fxtorch["d_hidden_rel"] < 1e-5
+    assert [t["what"] for t in fxtorch["targets"]] == ["time", "times lower"]
+    assert "fastxent.torch.linear_cross_entropy + backward" in text
+    assert not UNSHIPPABLE.search(text) and not UNSHIPPABLE.search(log)
+
+
 def test_group_filter_and_no_plot(tmp_path):
     status, text, _ = _run(["--tiny", "--no-peers", "--workloads", "binary,split-*",
                             "--out-dir", str(tmp_path)])

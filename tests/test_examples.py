@@ -103,3 +103,17 @@ def test_readme_commands():
     assert "pip install '.[test]' && pytest" in text
     assert "pip install . && python -m fastxent" in text
     assert "fastxent[" not in text  # not on a package index: extras install from a clone
+
+
+def test_torch_training():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = run_example("torch_training.py")
+    assert _number(r"max abs gradient difference: ([0-9.e+-]+)", out) < 1e-6
+    ours, theirs = (float(v) for v in re.search(
+        r"loss: fastxent ([0-9.]+), PyTorch ([0-9.]+)", out).groups())
+    assert abs(ours - theirs) < 1e-5
+    accuracies = [float(v) for v in re.findall(r"test accuracy: ([0-9.]+)", out)]
+    assert len(accuracies) == 2 and min(accuracies) >= 0.95
+    losses = [float(v) for v in re.findall(r"train loss ([0-9.]+)", out)]
+    assert len(losses) >= 4 and losses[-1] < losses[0] / 2

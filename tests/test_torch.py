@@ -188,7 +188,10 @@ def test_bce_with_logits_matches_torch(dtype, shape, weight_shape, pos, reductio
     loss, (grad,), go = forward_backward(
         lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw), [xa], g)
     xb = x.to(torch.float64).requires_grad_()
-    d = (lambda v: None if v is None else v.to(torch.float64))
+
+    def d(v):
+        return None if v is None else v.to(torch.float64)
+
     ref = F.binary_cross_entropy_with_logits(xb, t.to(torch.float64), d(w),
                                              reduction=reduction, pos_weight=d(pw))
     (ref_grad,) = torch.autograd.grad(ref, [xb], go.to(torch.float64))

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from fastxent._interop import asarray
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 
@@ -68,7 +70,7 @@ def as_float_array(a, name: str, *, y_true=None) -> np.ndarray:
     ``y_true`` given, an integer/bool ``a`` beside a float ``y_true`` is reported as swapped
     arguments instead of advising a cast.
     """
-    arr = np.asarray(a)
+    arr = asarray(a, name)
     if arr.dtype not in FLOAT_DTYPES:
         hint = swap_hint(y_true, arr.dtype)
         advice = hint or f"; convert it explicitly (e.g. {name}.astype(np.float32))"
@@ -79,7 +81,7 @@ def as_float_array(a, name: str, *, y_true=None) -> np.ndarray:
 def as_target_array(a, name: str, dtype: np.dtype) -> np.ndarray:
     """Targets (probabilities, one-hot, binary labels) as ``dtype``: bool, integer and float
     targets are accepted and converted; complex, object and string targets are refused."""
-    arr = np.asarray(a)
+    arr = asarray(a, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric (bool, integer or float), got dtype {arr.dtype}")
     return arr.astype(dtype, copy=False)
@@ -196,7 +198,7 @@ def as_labels(y_true, batch_shape: tuple, class_axis: int, pred_ndim: int) -> np
     Accepts any integer dtype, and float arrays holding integral values (Keras passes labels
     as floats); a trailing/class-axis dimension of size 1 is squeezed (Keras' (batch, 1)).
     """
-    arr = np.asarray(y_true)
+    arr = asarray(y_true, "y_true")
     if arr.ndim == pred_ndim and arr.shape[class_axis] == 1 and arr.shape != batch_shape:
         arr = np.squeeze(arr, axis=class_axis)
     if arr.shape != batch_shape:
@@ -241,7 +243,7 @@ def broadcast_sample_weight(sample_weight, loss_shape: tuple) -> np.ndarray | No
     """
     if sample_weight is None:
         return None
-    w = np.asarray(sample_weight)
+    w = asarray(sample_weight, "sample_weight")
     if w.dtype.kind not in "biuf":
         raise TypeError(f"sample_weight must be real numbers, got dtype {w.dtype}")
     w = w.astype(np.float64, copy=False)

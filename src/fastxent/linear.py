@@ -48,6 +48,7 @@ import numpy as np
 from fastxent import _dispatch, _reduction
 from fastxent._config import resolve_n_threads
 from fastxent._errors import LabelRangeError
+from fastxent._interop import asarray
 from fastxent._options import softmax_options
 from fastxent._validation import (
     FLOAT_DTYPES,
@@ -131,7 +132,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     h = as_float_array(hidden, "hidden")
     if h.ndim < 1:
         raise ValueError("hidden must have at least one dimension (the hidden size), got a scalar")
-    w = np.asarray(weight)
+    w = asarray(weight, "weight")
     if w.dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight must have dtype float32 or float64, got {w.dtype}")
     if w.dtype != h.dtype:
@@ -150,7 +151,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
         )
     b = None
     if bias is not None:
-        b = np.asarray(bias)
+        b = asarray(bias, "bias")
         if b.dtype != h.dtype:
             raise TypeError(f"bias has dtype {b.dtype} but hidden has dtype {h.dtype}")
         if b.shape != (n_vocab,):
@@ -160,7 +161,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
         b = as_kernel_array(b)
 
     batch_shape = h.shape[:-1]
-    y = np.asarray(labels)
+    y = asarray(labels, "labels")
     if y.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {y.dtype}")
     if y.shape != batch_shape:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastxent import _dispatch
+from fastxent._interop import asarray
 from fastxent._kernels import fast_call as _fast_call
 from fastxent._options import sigmoid_options, softmax_options
 
@@ -266,7 +267,7 @@ class _Loss:
                 f"inplace=True needs y_pred of the loss's dtype {dt.name}; cast it first or "
                 "construct the loss with dtype=None"
             )
-        arr = np.asarray(y_pred)
+        arr = asarray(y_pred, "y_pred")
         if arr.dtype.kind != "f":  # keep the dtype errors (and the swapped-arguments hint)
             return y_pred
         return arr.astype(dt)

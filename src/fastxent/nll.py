@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from fastxent._errors import LabelRangeError
+from fastxent._interop import asarray
 from fastxent._validation import as_float_array, plain
 
 __all__ = ["nll_loss", "nll_loss_and_grad"]
@@ -38,7 +39,7 @@ def _check(input, target, weight, ignore_index, reduction):
     class_axis = 0 if x.ndim == 1 else 1
     n_classes = x.shape[class_axis]
     batch_shape = x.shape[:class_axis] + x.shape[class_axis + 1:]
-    t = np.asarray(target)
+    t = asarray(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(
             f"target must hold integer class indices (PyTorch's Long), got dtype {t.dtype}; "

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from fastxent.bench import linear, peers, plot, report, timing
+from fastxent.bench import autograd, linear, peers, plot, report, timing
 from fastxent.bench.workloads import (
     BUDGET_S,
     GROUP_HELP,
@@ -166,7 +166,7 @@ def run_linear(pool, mode: str, args, available: dict, log) -> dict | None:
     if not linear.available():
         return None
     n, d, v = args.linear_size or LINEAR_SIZE[mode]
-    variants = ["fused", "unfused"] + (["torch"] if available.get("torch") else [])
+    variants = ["fused", "unfused"] + (["torch", "fxtorch"] if available.get("torch") else [])
     memory = {}
     for name in variants:
         memory[name] = linear.run_memory_child(name, n, d, v, args.threads, args.seed)
@@ -185,6 +185,26 @@ def run_linear(pool, mode: str, args, available: dict, log) -> dict | None:
             "rows": linear.rows(cands, memory, logits_bytes, args.stat)}
 
 
+def run_autograd(pool, mode: str, args, available: dict, log) -> dict | None:
+    """fastxent.torch.cross_entropy against F.cross_entropy, forward + backward, per size."""
+    if not available.get("torch"):
+        return None
+    out = []
+    for shape in autograd.SIZES[mode]:
+        cands = autograd.candidates(args.threads)
+        pool.measure({"kind": "autograd", "shape": list(shape), "dtype": "float32"}, cands,
+                     seed=args.seed, min_sample_s=0.0, repeat=args.repeat,
+                     budget_s=args.budget, settle_s=args.settle)
+        rows = autograd.rows(shape, cands, args.stat)
+        for row in rows:
+            log(f"  {row['shape'][0]:,} x {row['shape'][1]:,}: "
+                + (f"{autograd.NAMES[row['variant']]} failed: {row['error']}" if "error" in row
+                   else f"fastxent.torch {report.fmt_time(row['fxtorch'])}, PyTorch "
+                        f"{report.fmt_time(row['torch'])} ({row['speedup']:.2f}x)"))
+        out += rows
+    return {"rows": out}
+
+
 def _default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -199,6 +219,10 @@ def _list(mode: str) -> None:
         if group == "plot":
             print(f"{'':<17}C = {', '.join(map(str, PLOT_CLASSES[mode]))}, "
                   f"{report.fmt_bytes(PLOT_BYTES[mode])} of logits each")
+        elif group == "torch":
+            print(f"{'':<17}" + ", ".join(" x ".join(f"{s:,}" for s in shape)
+                                          for shape in autograd.SIZES[mode])
+                  + " float32 (needs PyTorch)")
         elif group == "linear":
             print(f"{'':<17}N,d,V = {','.join(map(str, LINEAR_SIZE[mode]))} "
                   "(needs fastxent.linear_cross_entropy_and_grad)")
@@ -291,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if "plot" in groups:
             log("plot: bandwidth against the number of classes")
             result["plot"] = run_plot_sweep(pool, mode, args, available, log)
+        if "torch" in groups:
+            log("torch: fastxent.torch.cross_entropy against F.cross_entropy")
+            result["torch"] = run_autograd(pool, mode, args, available, log)
         if "linear" in groups:
             log("linear: fused linear + cross-entropy")
             result["linear"] = run_linear(pool, mode, args, available, log)

@@ -15,11 +15,17 @@ import numpy as np
 from fastxent.bench.peers import Candidate
 from fastxent.bench.workloads import LINEAR_GOAL_MEMORY, LINEAR_GOAL_TIME, linear_inputs
 
-VARIANTS = ("fused", "unfused", "torch")
+VARIANTS = ("fused", "unfused", "torch", "fxtorch")
 NAMES = {"fused": "fastxent.linear_cross_entropy_and_grad",
          "unfused": "unfused: `h @ W.T`, loss_and_grad, 2 matmuls",
-         "torch": "PyTorch F.linear + F.cross_entropy + backward"}
-SYSTEM = {"fused": "fastxent", "unfused": "fastxent", "torch": "torch"}
+         "torch": "PyTorch F.linear + F.cross_entropy + backward",
+         "fxtorch": "fastxent.torch.linear_cross_entropy + backward"}
+SYSTEM = {"fused": "fastxent", "unfused": "fastxent", "torch": "torch",
+          "fxtorch": "fastxent-torch"}
+#: Goals of fastxent.torch's row against PyTorch's: time at most PyTorch's, and PyTorch's
+#: peak RSS above the inputs at least this many times fastxent.torch's.
+TORCH_GOAL_TIME = 1.0
+TORCH_GOAL_MEMORY = 10.0
 
 
 def available() -> bool:
@@ -63,16 +69,24 @@ def variant(name: str, threads: int):
             del logits
             return loss, grad @ weight, grad.T @ hidden
         return unfused
-    if name == "torch":
+    if name in ("torch", "fxtorch"):
         import torch
         import torch.nn.functional as F
+
+        if name == "fxtorch":
+            import fastxent.torch as fxt
+
+            head = fxt.linear_cross_entropy
+        else:
+            def head(h, w, y):
+                return F.cross_entropy(F.linear(h, w), y)
 
         def pytorch(hidden, weight, labels):
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             h = torch.from_numpy(hidden).requires_grad_(True)
             w = torch.from_numpy(weight).requires_grad_(True)
-            loss = F.cross_entropy(F.linear(h, w), torch.from_numpy(labels))
+            loss = head(h, w, torch.from_numpy(labels))
             loss.backward()
             return loss.item(), h.grad.numpy(), w.grad.numpy()
         return pytorch
@@ -135,7 +149,7 @@ def memory_child(argv: list[str]) -> int:
     gc.collect()
     reset = _reset_peak_rss()
     rss0 = _proc_status_kb("VmRSS")
-    traced = name != "torch"  # PyTorch's allocator is not seen by tracemalloc
+    traced = name not in ("torch", "fxtorch")  # tracemalloc misses PyTorch's allocator
     if traced:
         tracemalloc.start()
     t0 = time.perf_counter()
@@ -216,5 +230,24 @@ def rows(cands: list[dict], memory: dict, logits_bytes: int, how: str) -> list[d
                           "of the logits",
                 "what": "memory", "value": frac,
                 "holds": None if frac is None else frac <= LINEAR_GOAL_MEMORY})
+        if name == "fxtorch" and "torch" in by_name:
+            row["targets"] += _torch_targets(t, mem, by_name["torch"], memory["torch"], how)
         out.append(row)
     return out
+
+
+def _torch_targets(t: float, mem: dict, torch_cand: dict, torch_mem: dict, how: str) -> list:
+    """fastxent.torch's goals against PyTorch: time, and peak RSS above the inputs."""
+    from fastxent.bench.timing import stat  # timing imports this module
+
+    ratio = t / stat(torch_cand["times"], how)
+    peaks = [m.get("rss_peak") for m in (mem, torch_mem)]
+    less = (peaks[1] / peaks[0] if None not in peaks and "error" not in mem
+            and "error" not in torch_mem and peaks[0] > 0 else None)
+    return [
+        {"target": f"time <= {TORCH_GOAL_TIME:g}x PyTorch's", "what": "time", "value": ratio,
+         "holds": ratio <= TORCH_GOAL_TIME},
+        {"target": f"peak RSS above the inputs >= {TORCH_GOAL_MEMORY:g}x lower than PyTorch's",
+         "what": "times lower", "value": less,
+         "holds": None if less is None else less >= TORCH_GOAL_MEMORY},
+    ]

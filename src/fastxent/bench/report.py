@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from fastxent.bench import autograd
 from fastxent.bench.linear import NAMES as LINEAR_NAMES
 from fastxent.bench.timing import stat
 from fastxent.bench.workloads import DISPLAY, PEERS, Target, Workload
@@ -230,7 +231,8 @@ def linear_markdown(result: dict) -> str:
     def verdict(t):
         if t["value"] is None:
             return "n/a"
-        value = f"{t['value']:.2f}x" if t["what"] == "time" else f"{t['value']:.1%}"
+        value = (f"{t['value']:.2f}x" if t["what"] in ("time", "times lower")
+                 else f"{t['value']:.1%}")
         return f"{'met' if t['holds'] else 'not met'} ({value})"
 
     for row in result["rows"]:
@@ -350,6 +352,9 @@ def report_markdown(result: dict, available: dict, args, png_name) -> str:
               for s, e in errs.items()]
     if errors:
         lines += ["", "Failures: " + "; ".join(errors) + "."]
+    if "torch" in result:
+        lines += ["", "fastxent.torch against PyTorch: skipped, PyTorch is not installed."
+                  if result["torch"] is None else autograd.markdown(result["torch"])]
     if "linear" in result:
         lines += [""]
         if result["linear"] is None:

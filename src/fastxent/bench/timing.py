@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from fastxent.bench import linear, peers, workloads
+from fastxent.bench import autograd, linear, peers, workloads
 
 
 class Handler:
@@ -59,14 +59,16 @@ class Handler:
         work = request["workload"]
         if work["kind"] == "linear":
             data = linear.data(work["shape"], request["seed"])
-        else:
-            data = workloads.make_data(work["kind"], tuple(work["shape"]), work["dtype"],
+        else:  # the autograd group times sparse labels through PyTorch
+            kind = "sparse" if work["kind"] == "autograd" else work["kind"]
+            data = workloads.make_data(kind, tuple(work["shape"]), work["dtype"],
                                        seed=request["seed"])
-            data["kind"] = work["kind"]
+            data["kind"] = kind
+        builder = {"linear": linear.build, "autograd": autograd.build}.get(work["kind"],
+                                                                          peers.build)
         checks = {}
         for spec in request["candidates"]:
             key = spec["key"]
-            builder = linear.build if work["kind"] == "linear" else peers.build
             cand = builder(spec, data)
             self.cands[key] = cand
             if cand.warm is not None:

@@ -204,9 +204,10 @@ GROUP_HELP = {
     "busy-core": "1 and 2 threads while another process spins a core",
     "avx2": "fastxent forced onto its AVX2 path against its default path",
     "plot": "effective bandwidth against the number of classes (PNG)",
+    "torch": "fastxent.torch.cross_entropy against F.cross_entropy, forward + backward",
     "linear": "fused linear + cross-entropy: time and peak memory",
 }
-GROUP_NAMES = list(GROUP_HELP)  # _GROUPS, then "plot" and "linear"
+GROUP_NAMES = list(GROUP_HELP)  # _GROUPS, then "plot", "torch" and "linear"
 
 # number of classes for the bandwidth plot, and the bytes of logits per point
 PLOT_CLASSES = {"full": (10, 100, 1000, 10000, 50257), "quick": (10, 1000, 50257),
