@@ -359,3 +359,11 @@ def test_import_fastxent_does_not_import_torch():
     code = ("import sys, fastxent; "
             "assert 'torch' not in sys.modules and 'ml_dtypes' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_second_derivatives_are_refused():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = fxt.cross_entropy(x, torch.tensor([0, 1, 2, 0]))
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()

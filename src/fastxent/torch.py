@@ -36,6 +36,7 @@ import numbers
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastxent._errors import LabelRangeError
 from fastxent.linear import linear_cross_entropy as _linear_loss
@@ -253,6 +254,7 @@ class _CrossEntropy(torch.autograd.Function):
         return out[0] if unbatched and reduction == "none" else out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         return _scaled(grad, grad_output, ctx.class_axis), None, None, None, None, None
@@ -372,6 +374,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         return _reduced(_nan_if_empty(loss, reduction, float(x.size)), input)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         if grad_output.dim():
@@ -458,6 +461,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return _reduced(loss, hidden)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
         if ctx.deferred:

@@ -12,7 +12,7 @@ import importlib.util
 
 import numpy as np
 
-from fastxent.bench.peers import Candidate, sample
+from fastxent.bench.peers import Candidate, torch_step
 
 VARIANTS = ("fxtorch", "torch")
 NAMES = {"fxtorch": "fastxent.torch.cross_entropy + backward",
@@ -32,28 +32,11 @@ def available() -> bool:
 
 def build(spec: dict, data: dict) -> Candidate:
     """The candidate ``spec["variant"]`` on logits ``data["x"]`` and labels ``data["y"]``."""
-    import torch
-    import torch.nn.functional as F
-
     if spec["variant"] == "fxtorch":
-        import fastxent.torch as fxt
-
-        loss_of = fxt.cross_entropy
+        from fastxent.torch import cross_entropy
     else:
-        loss_of = F.cross_entropy
-    threads = spec["threads"]
-    xt = torch.from_numpy(data["x"]).requires_grad_(True)  # the same bytes in both workers
-    yt = torch.from_numpy(data["y"])
-
-    def run():
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        xt.grad = None
-        loss = loss_of(xt, yt)
-        loss.backward()
-        return loss.item(), xt.grad
-
-    return Candidate(run, lambda out: (out[0], sample(out[1].numpy(), "sparse")))
+        from torch.nn.functional import cross_entropy
+    return torch_step(cross_entropy, "sparse", data["x"], data["y"], spec["threads"])
 
 
 def candidates(threads: int) -> list[dict]:

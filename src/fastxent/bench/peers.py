@@ -223,12 +223,18 @@ def _sklearn(kind, x, y, threads):
 
 
 def _torch(kind, x, y, threads):
-    import torch
     import torch.nn.functional as F
+
+    loss_of = F.binary_cross_entropy_with_logits if kind == "binary" else F.cross_entropy
+    return torch_step(loss_of, kind, x, y, threads)
+
+
+def torch_step(loss_of, kind, x, y, threads) -> Candidate:
+    """``loss_of(logits, targets)`` forward and backward on tensors sharing ``x`` and ``y``."""
+    import torch
 
     xt = torch.from_numpy(x).requires_grad_(True)  # shares x's memory: the same bytes
     yt = torch.from_numpy(y)
-    loss_of = F.binary_cross_entropy_with_logits if kind == "binary" else F.cross_entropy
 
     def run():
         if torch.get_num_threads() != threads:
