@@ -367,3 +367,11 @@ def test_second_derivatives_are_refused():
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         g.sum().backward()
+
+
+def test_bad_label_with_weight_and_mean_is_a_label_error():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="target: label 7 at position \\(1,\\)"):
+        fxt.cross_entropy(x, torch.tensor([0, 7, 1]), weight=torch.ones(4))
+    with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+        fxt.cross_entropy(x, torch.tensor([0, 1, 1]), weight=-torch.ones(4))

@@ -77,11 +77,11 @@ def _no_grad(t, name: str) -> None:
 @functools.cache
 def _kernels_accept(dtype_name: str) -> bool:
     """Whether the installed kernels compute in ``dtype_name`` (tried once on 1 x 2 logits)."""
-    dtype = _numpy_dtype(dtype_name)
     try:
+        dtype = _numpy_dtype(dtype_name)
         SparseCategoricalCrossentropy(from_logits=True)(
             np.zeros(1, np.int64), np.zeros((1, 2), dtype=dtype))
-    except TypeError:
+    except (ImportError, TypeError):
         return False
     return True
 
@@ -103,8 +103,9 @@ def _float_array(t, name: str) -> np.ndarray:
         dtype_name = str(t.dtype).removeprefix("torch.")
         if not _kernels_accept(dtype_name):
             raise TypeError(
-                f"{name} has dtype {t.dtype}: {dtype_name} needs kernels that compute in it, "
-                f"which this fastxent build lacks; cast with {name}.float()"
+                f"{name} has dtype {t.dtype}: {dtype_name} needs kernels that compute in it "
+                f"(and ml_dtypes for bfloat16), which this installation lacks; cast with "
+                f"{name}.float()"
             )
         if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: view the bits
             return t.detach().view(torch.int16).numpy().view(_numpy_dtype("bfloat16"))
@@ -156,7 +157,11 @@ def _class_weight(weight, n_classes: int) -> np.ndarray | None:
             f"weight must have one entry per class ({n_classes}), got shape "
             f"{tuple(weight.shape)}"
         )
-    return weight.detach().to(torch.float64).numpy()
+    w = weight.detach().to(torch.float64).numpy()
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weight must be finite and >= 0 (fastxent's kernels take "
+                         "non-negative class weights)")
+    return w
 
 
 def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, axis: int) -> torch.Tensor:
@@ -189,6 +194,53 @@ def _nan_if_empty(loss, reduction: str, denominator: float):
 
 # ---------------------------------------------------------------------------- cross_entropy
 
+def _fx_reduction(reduction: str, mean: str) -> str:
+    """PyTorch's reduction as fastxent's, ``mean`` the name of the matching mean."""
+    return {"none": "none", "sum": "sum", "mean": mean}[reduction]
+
+
+def _probabilities(input, t, x, cw, reduction, label_smoothing):
+    """Probability targets: (targets as an array laid out like ``x``, the loss, the mean's
+    denominator)."""
+    if tuple(t.shape) != tuple(input.shape):
+        raise ValueError(
+            f"target of probabilities has shape {tuple(t.shape)}; it needs input's shape "
+            f"{tuple(input.shape)}"
+        )
+    y = _float_array(t.to(input.dtype), "target").reshape(x.shape)
+    loss_fn = CategoricalCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, axis=1, class_weight=cw,
+        reduction=_fx_reduction(reduction, "sum_over_batch_size"))
+    return y, loss_fn, lambda: x.size // x.shape[1]
+
+
+def _class_indices(input, t, x, cw, ignore_index, reduction, label_smoothing):
+    """Class-index targets: (labels as an int64 array, the loss, the mean's denominator:
+    the summed class weight of the targets not ignored, taken once they are checked)."""
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype) or probabilities (a float "
+            f"dtype), got {t.dtype}"
+        )
+    batch_shape = x.shape[:1] + x.shape[2:]
+    if t.numel() != int(np.prod(batch_shape)) or (input.dim() > 1
+                                                  and tuple(t.shape) != batch_shape):
+        raise ValueError(
+            f"target has shape {tuple(t.shape)} but input has shape {tuple(input.shape)}: "
+            "class indices need input's shape without the class axis (axis 1)"
+        )
+    y = t.numpy().reshape(batch_shape).astype(np.int64, copy=False)
+    loss_fn = SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=ignore_index, label_smoothing=label_smoothing, axis=1,
+        class_weight=cw, reduction=_fx_reduction(reduction, "mean_with_sample_weight"))
+
+    def denominator():
+        kept = y[y != ignore_index]
+        return kept.size if cw is None else cw[kept].sum()
+
+    return y, loss_fn, denominator
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
@@ -196,59 +248,24 @@ class _CrossEntropy(torch.autograd.Function):
         if x.ndim == 0:
             raise ValueError("input must have a class axis: shape (C,), (N, C) or (N, C, d1, ...)")
         unbatched = x.ndim == 1
-        if unbatched:
-            x = x[None]
-        n_classes = x.shape[1]
-        cw = _class_weight(weight, n_classes)
+        x = x[None] if unbatched else x
+        cw = _class_weight(weight, x.shape[1])
         _check_tensor(target, "target")
         _no_grad(target, "target")
         t = target.detach()
-        soft = t.is_floating_point()
-        if soft:
-            if tuple(t.shape) != tuple(input.shape):
-                raise ValueError(
-                    f"target of probabilities has shape {tuple(t.shape)}; it needs input's "
-                    f"shape {tuple(input.shape)}"
-                )
-            y = _float_array(t.to(input.dtype), "target")
-            y = y[None] if unbatched else y
-            loss_fn = CategoricalCrossentropy(
-                from_logits=True, label_smoothing=label_smoothing, axis=1, class_weight=cw,
-                reduction="none" if reduction == "none" else "sum" if reduction == "sum"
-                else "sum_over_batch_size")
-            denominator = float(np.prod(x.shape) // n_classes)
+        if t.is_floating_point():
+            y, loss_fn, denominator = _probabilities(input, t, x, cw, reduction,
+                                                     label_smoothing)
         else:
-            if t.dtype.is_complex or t.dtype == torch.bool:
-                raise TypeError(
-                    f"target must hold class indices (an integer dtype) or probabilities (a "
-                    f"float dtype), got {t.dtype}"
-                )
-            batch_shape = x.shape[:1] + x.shape[2:]
-            y = t.reshape(batch_shape).numpy() if unbatched else t.numpy()
-            if y.shape != batch_shape:
-                raise ValueError(
-                    f"target has shape {tuple(t.shape)} but input has shape "
-                    f"{tuple(input.shape)}: class indices need input's shape without the "
-                    f"class axis (axis 1)"
-                )
-            y = y.astype(np.int64, copy=False)
-            loss_fn = SparseCategoricalCrossentropy(
-                from_logits=True, ignore_class=ignore_index, label_smoothing=label_smoothing,
-                axis=1, class_weight=cw,
-                reduction="none" if reduction == "none" else "sum" if reduction == "sum"
-                else "mean_with_sample_weight")
-            denominator = None
-            if reduction == "mean":
-                kept = y[y != ignore_index]
-                denominator = float(kept.size if cw is None else cw[kept].sum())
+            y, loss_fn, denominator = _class_indices(input, t, x, cw, ignore_index, reduction,
+                                                     label_smoothing)
         if ctx.needs_input_grad[0]:
             loss, grad = _call(loss_fn.loss_and_grad, y, x)
-        else:
-            loss, grad = _call(loss_fn, y, x), None
-        if grad is not None:
             ctx.save_for_backward(_tensor(grad[0] if unbatched else grad))
-        if denominator is not None:
-            loss = _nan_if_empty(loss, reduction, denominator)
+        else:
+            loss = _call(loss_fn, y, x)
+        if reduction == "mean":
+            loss = _nan_if_empty(loss, reduction, float(denominator()))
         ctx.class_axis = 0 if unbatched else 1
         out = _reduced(loss, input)
         return out[0] if unbatched and reduction == "none" else out
@@ -360,8 +377,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
             w = q if w is None else w * q
         # Each element is a sample: rows of one element, the loss per element.
         loss_fn = BinaryCrossentropy(
-            from_logits=True,
-            reduction={"none": "none", "sum": "sum", "mean": "sum_over_batch_size"}[reduction])
+            from_logits=True, reduction=_fx_reduction(reduction, "sum_over_batch_size"))
         x2, t2 = x.reshape(-1, 1), t.reshape(-1, 1)
         sw = None if w is None else np.ascontiguousarray(w, dtype=np.float64).reshape(-1)
         if ctx.needs_input_grad[0]:
@@ -441,7 +457,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                             f"{target.dtype}")
         y = target.detach().numpy()
         kw = dict(ignore_class=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss)
-        fx_reduction = {"none": "none", "sum": "sum", "mean": "sum_over_batch_size"}[reduction]
+        fx_reduction = _fx_reduction(reduction, "sum_over_batch_size")
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or (
             bias is not None and ctx.needs_input_grad[3])
         ctx.deferred = need and reduction == "none"
