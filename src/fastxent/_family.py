@@ -258,9 +258,10 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
 
 def _sparse_hess_correction(hess2, x2, labels, ok, lse, dF, cwy, rows_w, gs0, ignored):
     """hess -= gs dF (onehot - softmax)**2: the kernel wrote gs F softmax (1 - softmax)."""
-    c = rows_w * gs0 * dF
-    if cwy is not None:
-        c = c * cwy
+    with np.errstate(invalid="ignore"):  # an infinite dF (gamma < 1 at p = 1) times weight 0
+        c = rows_w * gs0 * dF
+        if cwy is not None:
+            c = c * cwy
     if ignored is not None:
         c = np.where(ignored, 0.0, c)
     n_rows, ncls = x2.shape

@@ -127,6 +127,33 @@ def check_reduction(reduction) -> str:
     return "sum_over_batch_size" if reduction == "mean" else reduction
 
 
+def check_name(name) -> str:
+    """The ``name`` of a loss or metric (Keras' ``name``): a string."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string (the loss's or metric's name, as in Keras), "
+                        f"got {plain(name)!r}")
+    return name
+
+
+def check_dtype(dtype) -> np.dtype | None:
+    """A loss's or metric's ``dtype`` (Keras' ``dtype``): None, or float32 / float64 as an
+    ``np.dtype``."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype must be None, 'float32' or 'float64', got {plain(dtype)!r}"
+        ) from None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(
+            f"dtype must be None (y_pred's own dtype), 'float32' or 'float64', got "
+            f"{plain(dtype)!r}; the kernels compute in float32 or float64 only"
+        )
+    return dt
+
+
 def check_bool(value, name: str) -> bool:
     """``value`` as a Python bool; TypeError for anything but True / False (or np.bool_)."""
     if not isinstance(value, bool | np.bool_):
