@@ -428,3 +428,34 @@ def test_sparse_focal_and_gce_vs_torch_autograd(torch):
     v, g = fx.CategoricalGeneralizedCrossEntropy(q=0.3, from_logits=True).loss_and_grad(y, x)
     assert v == pytest.approx(gce.mean().item(), rel=1e-12)
     assert_close(g, xt.grad.numpy(), np.float64)
+
+
+@pytest.mark.parametrize("kind", ["sparse_focal", "gce"])
+@pytest.mark.parametrize("ncls", [3, 16, 17, 262_147])
+def test_one_pass_and_two_pass_gradients_agree(kind, ncls):
+    """From logits the kernel scales each row's gradient by the loss's factor (one pass);
+    rows of SPLIT_MIN classes or more, and the Hessian path, take two passes.  Both are the
+    finite-difference-checked formula F (softmax - onehot)."""
+    rng = np.random.default_rng(ncls)
+    n = 2 if ncls > 1000 else 70
+    x = rng.standard_normal((n, ncls)) * 3
+    y = rng.integers(0, ncls, n)
+    y[0] = -1
+    opts = {"ignore_class": -1, **({"gamma": 1.5, "alpha": 0.7} if kind == "sparse_focal"
+                                   else {"q": 0.4})}
+    loss = CLASSES[kind](from_logits=True, reduction="sum", **opts)
+    v, g = loss.loss_and_grad(y, x, sample_weight=np.linspace(0.5, 1.5, n))
+    g2, _ = loss.gradient_hessian(y, x, sample_weight=np.linspace(0.5, 1.5, n))
+    assert_close(g, g2, np.float64, rtol=1e-13)
+    log_p, p, _, _ = ref.softmax_rows(x)
+    u = log_p[np.arange(n), np.where(y < 0, 0, y)]
+    if kind == "gce":
+        F = np.exp(0.4 * u)
+    else:
+        d = -np.expm1(u)
+        F = 0.7 * (d ** 1.5 - 1.5 * u * np.exp(u) * d ** 0.5)
+    onehot = np.eye(ncls)[np.where(y < 0, 0, y)] if ncls < 1000 else np.zeros_like(x)
+    if ncls >= 1000:
+        onehot[np.arange(n), np.where(y < 0, 0, y)] = 1.0
+    want = (F * np.linspace(0.5, 1.5, n) * (y >= 0))[:, None] * (p - onehot)
+    assert_close(g, want, np.float64, rtol=1e-12)

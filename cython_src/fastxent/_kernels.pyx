@@ -211,7 +211,8 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
                    int64_t n_cols, const void *x, void *grad, void *hess, const void *target,
                    const int64_t *labels, const double *gscale, double *loss, double *lse,
                    double keep, double spread, double zloss, double eps, double gs0,
-                   object class_weight, object pos_weight, object ignore_class):
+                   object class_weight, object pos_weight, object ignore_class,
+                   int row_fn=0, double row_a=0.0, double row_b=0.0):
     """Every field of a kernel call, named (the one place a job is filled in)."""
     J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
     J.from_logits = from_logits
@@ -242,24 +243,38 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
     J.P.pw = opt_ptr(pos_weight)
     J.P.has_ignore = ignore_class is not None
     J.P.ignore = ignore_class if ignore_class is not None else 0
+    J.P.row_fn = row_fn
+    J.P.row_a = row_a
+    J.P.row_b = row_b
+
+
+ROW_FUNCTIONS = {"xent": 0, "focal": 1, "gce": 2}
 
 
 def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
             cnp.ndarray loss, lse, bint from_logits, double keep, double spread,
-            double zloss, double eps, class_weight, ignore_class, int n_threads):
+            double zloss, double eps, class_weight, ignore_class, int n_threads,
+            int row_fn=0, double row_a=0.0, double row_b=0.0):
     """Per-row softmax cross-entropy of the (rows, classes) buffer ``x``.
 
     Exactly one of ``labels`` (int64, one per row) and ``target`` (x's shape) is given.  Row
     r's gradient (and Hessian diagonal) is scaled by ``gs0 * gscale[r]``; ``grad``, ``hess``,
     ``gscale`` and ``lse`` may be None.  Returns the number of labels outside [0, classes)
     that were not ``ignore_class``.
+
+    ``row_fn`` (``ROW_FUNCTIONS``; from logits with labels, no smoothing, class weights,
+    z-loss or Hessian, rows shorter than ``SPLIT_MIN``): the gradient of a per-row loss
+    ``h(log p_y)`` (focal: ``-row_a (1 - p)**row_b log p``; generalized cross-entropy:
+    ``(1 - p**row_b) / row_b``), i.e. the cross-entropy gradient times ``-dh/dlog p``; the
+    loss written is still ``-log p_y``.
     """
     cdef fx_job J
     fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), data_or_null(target), <const int64_t *>data_or_null(labels),
              opt_ptr(gscale), <double *>cnp.PyArray_DATA(loss), <double *>data_or_null(lse),
-             keep, spread, zloss, eps, gs0, class_weight, None, ignore_class)
+             keep, spread, zloss, eps, gs0, class_weight, None, ignore_class, row_fn, row_a,
+             row_b)
     return run_job(&J, True, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 

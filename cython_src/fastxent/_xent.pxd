@@ -15,6 +15,9 @@ cdef extern from "xent_kernels.h" nogil:
         const double *pw
         int64_t ignore
         int has_ignore
+        int row_fn
+        double row_a
+        double row_b
 
     ctypedef struct fx_job:
         int dtype

@@ -41,7 +41,14 @@ typedef struct {
     const double *pw;   /* pos_weight, length K, or NULL */
     int64_t ignore;     /* label to skip when has_ignore */
     int has_ignore;
+    int row_fn;         /* softmax from logits with labels, rows not split: the gradient of a
+                         * per-row loss h(log p_y) instead of -log p_y (FX_ROW_*) */
+    double row_a, row_b;  /* its parameters: focal alpha, gamma; generalized CE -, q */
 } fx_params;
+
+#define FX_ROW_XENT 0   /* the cross-entropy itself */
+#define FX_ROW_FOCAL 1  /* h = -a (1 - p)^b log p */
+#define FX_ROW_GCE 2    /* h = (1 - p^b) / b */
 
 /* v rounded to float and back: the clip bounds of float32 data (Keras casts [eps, 1 - eps] to
  * the data's dtype).  Through a volatile float: GCC 12.2 at -O3 was seen to drop the plain

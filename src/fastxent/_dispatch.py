@@ -145,8 +145,13 @@ def _as_given(out: Outcome, y_pred, shape: tuple, grad_out, inplace) -> Outcome:
 
 def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: np.ndarray,
                 labels=None, target=None, grad=None, hess=None, lse=None, class_weight=None,
-                n_threads: int) -> int:
-    """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count."""
+                n_threads: int, row_fn: str = "xent", row_a: float = 0.0,
+                row_b: float = 0.0) -> int:
+    """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count.
+
+    ``row_fn`` "focal" / "gce" (labels, from logits, rows shorter than
+    ``_kernels.SPLIT_MIN``, no smoothing, class weight, z-loss or Hessian): the gradient of
+    that per-row loss of ``log p_y`` (see ``_kernels.softmax``)."""
     ncls = x2.shape[1]
     return _kernels.softmax(
         x=x2, grad=grad, hess=hess, target=target, labels=labels, gs0=plan.gs0,
@@ -154,6 +159,7 @@ def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: n
         keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / ncls,
         zloss=opts.z_loss, eps=opts.epsilon, class_weight=class_weight,
         ignore_class=opts.ignore_class, n_threads=n_threads,
+        row_fn=_kernels.ROW_FUNCTIONS[row_fn], row_a=row_a, row_b=row_b,
     )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastxent import _dispatch, _layout, _reduction
+from fastxent import _dispatch, _kernels, _layout, _reduction
 from fastxent._config import resolve_n_threads
 from fastxent._errors import label_range_error
 from fastxent._kernels import Options
@@ -195,6 +195,7 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
     loss64 = np.zeros(n_rows)
     if n_rows:
         ok = labels if o.ignore_class is None else np.where(labels == o.ignore_class, 0, labels)
+        fused = False
         if spec.kind == "gce" and not o.from_logits:
             # Keras: p = y_pred at the label, neither normalized nor clipped
             bad = int(np.count_nonzero((ok < 0) | (ok >= ncls)))
@@ -207,8 +208,25 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
         else:
             neglogp = np.empty(n_rows)
             lse = np.empty(n_rows) if want_hess else None
-            bad = _dispatch.run_softmax(o, lay.x2, plan=_unit_plan(), loss=neglogp,
-                                        labels=labels, lse=lse, n_threads=nt)
+            fused = grad2 is not None and o.from_logits and hess2 is None and (
+                ncls < _kernels.SPLIT_MIN)
+            if fused:
+                # one pass: the kernel scales each row's gradient by the loss's factor of
+                # log p_y itself; the class weight goes into the row scale
+                scale = plan.weights
+                if cw is not None:
+                    scale = cw[ok] if scale is None else scale * cw[ok]
+                run_plan = _reduction.Plan(plan.reduction, plan.denominator, plan.gs0,
+                                           None if scale is None
+                                           else np.ascontiguousarray(scale))
+                row_fn, ra, rb = (("gce", 0.0, spec.q) if spec.kind == "gce"
+                                  else ("focal", spec.alpha, spec.gamma))
+                bad = _dispatch.run_softmax(o, lay.x2, plan=run_plan, loss=neglogp,
+                                            labels=labels, grad=grad2, n_threads=nt,
+                                            row_fn=row_fn, row_a=ra, row_b=rb)
+            else:
+                bad = _dispatch.run_softmax(o, lay.x2, plan=_unit_plan(), loss=neglogp,
+                                            labels=labels, lse=lse, n_threads=nt)
             if bad:
                 raise label_range_error(bad, labels, y_true, lay.batch_shape, ncls,
                                         o.ignore_class)
@@ -235,7 +253,7 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
                 gy = np.where(ignored, 0.0, gy)
             grad2.fill(0)
             grad2[np.arange(n_rows), ok] = gy
-        elif grad2 is not None:
+        elif grad2 is not None and not fused:
             with np.errstate(invalid="ignore"):
                 scale = np.ascontiguousarray(rows_w * F)
             if ignored is not None:
