@@ -486,8 +486,10 @@ def corruptions(draw, case: Case):
         bad_w = draw(st.sampled_from(("long", "negative", "nan", "2d", "str", "inf_scalar",
                                       "neg_scalar", "complex", "complex_scalar", "bool")))
         width = n_classes
-        w = {"long": np.ones(width + 1), "negative": -np.ones(width),
-             "nan": np.full(width, np.nan), "2d": np.ones((width, 2)),
+        # "long" and "2d" broadcast against no y_pred here: a batch axis is at most 4 long
+        # and y_pred has at most 3 dimensions (pos_weight broadcasts by PyTorch's rule)
+        w = {"long": np.ones(width + 5), "negative": -np.ones(width),
+             "nan": np.full(width, np.nan), "2d": np.ones((2, 2, 2, width)),
              "str": np.array(["1"] * width), "inf_scalar": np.inf,
              "neg_scalar": -1.0, "complex": np.ones(width, complex), "complex_scalar": 2 + 0j,
              "bool": np.ones(width, bool)}[bad_w]

@@ -247,6 +247,37 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     ), y_pred, given_shape, grad_out, inplace)
 
 
+def pos_weight_rows(pos_weight, lay: _layout.Rows):
+    """``(per_column, per_element)``: pos_weight as one weight per element of the class axis
+    (a float64 vector for the kernel; None for none) or, when it varies along other axes
+    too, a float64 (rows, classes) array (else None).
+
+    A scalar, or a 1-D array with one entry per element of the class axis, weighs that
+    axis (as before); any other shape broadcasts against y_pred's shape by NumPy's rule,
+    which is PyTorch's (``binary_cross_entropy_with_logits`` broadcasts pos_weight with the
+    target).  When the class axis is last the two readings agree.
+    """
+    width = lay.n_classes
+    if not isinstance(pos_weight, np.ndarray) or (
+            pos_weight.ndim == 1 and pos_weight.shape[0] == width):
+        return check_weight_vector(pos_weight, "pos_weight", width,
+                                   "element of the class axis"), None
+    try:
+        full = np.broadcast_to(pos_weight, lay.arr.shape)
+    except ValueError:
+        raise ValueError(
+            f"pos_weight has shape {pos_weight.shape}, which neither has one entry per element "
+            f"of the class axis ({width}) nor broadcasts against y_pred's shape "
+            f"{lay.arr.shape} (PyTorch's rule)"
+        ) from None
+    moved = np.moveaxis(full, lay.axis, -1)
+    if all(st == 0 or n == 1 for st, n in zip(moved.strides[:-1], moved.shape[:-1],
+                                              strict=True)):
+        return np.ascontiguousarray(moved.reshape(-1, width)[0] if moved.size else
+                                    np.ones(width)), None
+    return None, np.ascontiguousarray(moved, dtype=np.float64).reshape(-1, width)
+
+
 def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
             want_hess=False, want_lse=False, grad_out=None, inplace=False,
             want_total=False) -> Outcome:
@@ -269,13 +300,19 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     t = _resized(t, true_shape) if len(true_shape) != t.ndim else t
     lay, gout = _same_rank_pred(lay, pred_shape, opts.axis, inplace, y_true, grad_out)
     n_rows, width = lay.x2.shape
-    pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
+    pw, pw_full = pos_weight_rows(opts.pos_weight, lay)
     z2 = lay.rows_of(t)
     plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
     loss64 = np.empty(n_rows)
-    if n_rows:
+    if n_rows and pw_full is not None:  # a weight per element: elementwise NumPy
+        from fastxent._family import binary_elementwise_pos_weight
+
+        binary_elementwise_pos_weight(opts, lay.x2, z2, pw_full, plan=plan, loss=loss64,
+                                      grad=grad2, hess=hess2)
+        _reduction.zero_if_empty_mean(plan, grad2, hess2)
+    elif n_rows:
         run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
                     pos_weight=pw, n_threads=nt)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)

@@ -512,6 +512,45 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     ), y_pred, given_shape, grad_out, inplace)
 
 
+def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, hess):
+    """Binary cross-entropy with one pos_weight per element (PyTorch's broadcast pos_weight
+    that varies along other axes than the class axis), over blocks of rows in float64:
+    ``l = (1 - z) x + (1 + (w - 1) z) softplus(-x)`` from logits, Keras' clipped formula with
+    ``w`` on the positive term from probabilities; row means; derivatives scaled like the
+    kernel's."""
+    n_rows, n = x2.shape
+    lo, hi = _clip_bounds(o.epsilon, x2.dtype)
+    step = max(1, BLOCK_ELEMENTS // n)
+    for r0 in range(0, n_rows, step):
+        r1 = min(n_rows, r0 + step)
+        x = x2[r0:r1].astype(np.float64)
+        z = z2[r0:r1].astype(np.float64) * (1.0 - o.label_smoothing) + o.label_smoothing / 2.0
+        w = pw2[r0:r1]
+        d1 = d2 = None
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if o.from_logits:
+                p, pn, L = _sigmoids(x)
+                c = 1.0 + (w - 1.0) * z
+                lin = np.where(x >= 0, np.where(z != 1.0, (1.0 - z) * x, 0.0),
+                               np.where(w * z != 0.0, -w * z * x, 0.0))
+                le = lin + c * L
+                d1 = (1.0 - z) - c * pn
+                d2 = c * pn * p
+            else:
+                pc = np.where(np.isnan(x), x, np.clip(x, lo, hi))
+                le = -(w * z * np.log(pc) + (1.0 - z) * np.log(1.0 - pc))
+                inside = (x >= lo) & (x <= hi)
+                d1 = np.where(inside, -(w * z) / pc + (1.0 - z) / (1.0 - pc), 0.0)
+                d1 = np.where(np.isnan(x), np.nan, d1)
+            loss[r0:r1] = np.sum(le, axis=1) / n
+            rs = plan.gs0 / n if plan.weights is None else (
+                plan.gs0 / n * plan.weights[r0:r1, None])
+            if grad is not None:
+                grad[r0:r1] = d1 * rs
+            if hess is not None:
+                hess[r0:r1] = d2 * rs
+
+
 def compute(spec: Spec, y_true, y_pred, sample_weight=None, **kw) -> _dispatch.Outcome:
     """The one entry point of this module's losses."""
     if spec.kind in ("sparse_focal", "gce"):

@@ -161,8 +161,9 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def as_weight_array(w, name: str) -> np.ndarray:
-    """Per-class weights as float64: a scalar or a 1-D array of finite numbers >= 0.
+def as_weight_array(w, name: str, max_ndim: int | None = 1) -> np.ndarray:
+    """Per-class weights as float64: a scalar or a 1-D array (``max_ndim``; None: any) of
+    finite numbers >= 0.
 
     The length is checked against the data by :func:`check_weight_vector`; this part runs in
     the class constructors too, so a bad weight fails where it is given.
@@ -173,7 +174,7 @@ def as_weight_array(w, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a scalar or a 1-D array of real numbers") from None
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
-    if arr.ndim > 1:
+    if max_ndim is not None and arr.ndim > max_ndim:
         raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):

@@ -170,9 +170,12 @@ def binary_crossentropy(
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / 2``.
     axis : int
         The axis averaged over.
-    pos_weight : float or array_like of shape (y_pred.shape[axis],), optional
+    pos_weight : float or array_like, optional
         Weight of the positive term, as PyTorch's ``binary_cross_entropy_with_logits``:
-        ``-(pos_weight * z * log p + (1 - z) * log(1 - p))``.
+        ``-(pos_weight * z * log p + (1 - z) * log(1 - p))``.  A scalar; a 1-D array of
+        ``y_pred.shape[axis]`` entries (one per element of the class axis); or any shape that
+        broadcasts against y_pred's (PyTorch's rule: ``(C,)`` and ``(1, C)`` weigh the last
+        axis, ``(N, 1)`` each sample, ``(N, C)`` each element).
     epsilon, n_threads
         As in :func:`categorical_crossentropy`.
 
