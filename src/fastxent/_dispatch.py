@@ -175,6 +175,17 @@ def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reducti
     )
 
 
+def run_binary_focal(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reduction.Plan,
+                     loss: np.ndarray, gamma: float, alpha_pos: float, alpha_neg: float,
+                     grad=None, hess=None, n_threads: int) -> None:
+    """The binary focal kernel (from logits) on laid-out (rows, elements) buffers."""
+    _kernels.binary_focal(
+        x=x2, target=z2, grad=grad, hess=hess, gs0=plan.gs0, gscale=plan.weights, loss=loss,
+        keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / 2.0, gamma=gamma,
+        a1=alpha_pos, a0=alpha_neg, n_threads=n_threads,
+    )
+
+
 def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
             want_hess=False, want_lse=False, grad_out=None, inplace=False,
             want_total=False) -> Outcome:

@@ -10,9 +10,11 @@ Each loss reaches the kernels through ``fastxent._dispatch`` and reduces through
   gradient with each row's scale (sample weight x mask / denominator) multiplied by ``F``.
 * KL divergence from logits: the soft-target cross-entropy kernel (gradient
   ``(sum t) softmax - t``) plus ``sum t log t``, summed over blocks of rows.
-* binary focal, categorical (soft-target) focal, KL divergence and generalized cross-entropy
-  from probabilities: elementwise float64 NumPy over blocks of rows (bounded temporaries),
-  row sums in NumPy's fixed pairwise order.
+* binary focal from logits: its own kernel (``_kernels.binary_focal``), one read of the
+  logits and targets, one write of the gradient (and Hessian);
+* categorical (soft-target) focal, binary focal from probabilities, KL divergence and
+  generalized cross-entropy from probabilities: elementwise float64 NumPy over blocks of rows
+  (bounded temporaries), row sums in NumPy's fixed pairwise order.
 
 Every result is therefore the same for any thread count.
 """
@@ -473,7 +475,12 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     loss64 = np.empty(n_rows)
     lo, hi = _clip_bounds(o.epsilon, lay.arr.dtype)
     rows_w = None if plan.weights is None else plan.weights
-    if n_rows and spec.kind == "kl" and o.from_logits:
+    if n_rows and spec.kind == "binary_focal" and o.from_logits:
+        a1, a0 = ((spec.alpha, 1.0 - spec.alpha) if spec.apply_class_balancing else (1.0, 1.0))
+        _dispatch.run_binary_focal(o, lay.x2, t2, plan=plan, loss=loss64, gamma=spec.gamma,
+                                   alpha_pos=a1, alpha_neg=a0, grad=grad2, hess=hess2,
+                                   n_threads=resolve_n_threads(o.n_threads))
+    elif n_rows and spec.kind == "kl" and o.from_logits:
         # soft-target cross-entropy from logits (gradient (sum t) softmax - t) + sum t log t
         _dispatch.run_softmax(o, lay.x2, plan=plan, loss=loss64, target=t2, grad=grad2,
                               hess=hess2, n_threads=resolve_n_threads(o.n_threads))
