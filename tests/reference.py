@@ -558,15 +558,18 @@ def kl_per_sample(y_true, y_pred, from_logits=False, axis=-1, epsilon=1e-7):
     ax = canonical_axis(axis, np.ndim(y_pred))
     x, batch_shape = _to_rows(y_pred, ax)
     t, _ = _to_rows(y_true, ax)
+    bad = np.zeros(len(x), dtype=bool)
     if from_logits:
-        log_p = softmax_rows(x)[0]
+        log_p, _, _, bad = softmax_rows(x)
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(t != 0, t * (np.log(t) - log_p), 0.0)
     else:
         lo, _ = clip_bounds(epsilon, in_dtype)
         tc, pc = np.clip(t, lo, 1.0), np.clip(x, lo, 1.0)
         terms = tc * np.log(tc / pc)
-    return terms.sum(axis=1).reshape(batch_shape)
+    loss = terms.sum(axis=1)
+    loss[bad] = np.nan  # a row that is all -inf or holds +inf / NaN
+    return loss.reshape(batch_shape)
 
 
 def gce_per_sample(y_true, y_pred, q=0.5, from_logits=False, ignore_class=None, axis=-1):
@@ -576,9 +579,14 @@ def gce_per_sample(y_true, y_pred, q=0.5, from_logits=False, ignore_class=None, 
     labels = sparse_labels_to_int(y_true).reshape(-1)
     valid = np.ones(labels.shape, bool) if ignore_class is None else labels != ignore_class
     safe = np.where(valid, labels, 0)
-    p = softmax_rows(x)[1] if from_logits else x
+    bad = np.zeros(len(x), dtype=bool)
+    if from_logits:
+        _, p, _, bad = softmax_rows(x)
+    else:
+        p = x
     py = p[np.arange(len(x)), safe]
-    loss = np.where(valid, (1.0 - py ** q) / q, 0.0)
+    with np.errstate(invalid="ignore"):
+        loss = np.where(valid, np.where(bad, np.nan, (1.0 - py ** q) / q), 0.0)
     return loss.reshape(np.shape(y_true))
 
 

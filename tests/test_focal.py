@@ -221,7 +221,9 @@ def test_label_out_of_range():
     for loss in (fx.SparseCategoricalFocalCrossentropy(from_logits=True),
                  fx.SparseCategoricalFocalCrossentropy(),
                  fx.CategoricalGeneralizedCrossEntropy(),
-                 fx.CategoricalGeneralizedCrossEntropy(from_logits=True)):
+                 fx.CategoricalGeneralizedCrossEntropy(from_logits=True),
+                 fx.SparseCategoricalFocalCrossentropy(from_logits=True,
+                                                       class_weight=[1.0, 2.0, 3.0, 4.0])):
         with pytest.raises(fx.LabelRangeError, match=r"label 4 at position \(1,\)") as info:
             loss.loss_and_grad([0, 4, 1], x + 0.25)
         assert info.value.position == (1,) and info.value.value == 4

@@ -22,7 +22,7 @@ from libc.string cimport memset
 from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
 from fastxent._xent cimport (
     FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN,
-    fx_binary_focal,
+    fx_binary_focal, fx_xlogx,
     fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_get_isa, fx_job,
     fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_round_float, fx_set_isa, fx_sigmoid,
     fx_softmax,
@@ -311,6 +311,20 @@ def binary_focal(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, g
             fx_binary_focal(&J)
     else:
         fx_binary_focal(&J)
+
+
+def xlogx_rows(*, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    """``out[r] = sum_k x[r, k] log x[r, k]`` (float64) of a (rows, n) buffer: 0 log 0 = 0,
+    a negative or NaN entry gives NaN."""
+    cdef fx_job J
+    fill_job(&J, cnp.PyArray_TYPE(x), True, n_threads, cnp.PyArray_DIM(x, 0),
+             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), NULL, NULL, NULL, NULL, NULL,
+             <double *>cnp.PyArray_DATA(out), NULL, 1.0, 0.0, 0.0, 1e-7, 1.0, None, None, None)
+    if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
+        with nogil:
+            fx_xlogx(&J)
+    else:
+        fx_xlogx(&J)
 
 
 # ------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ cdef extern from "xent_kernels.h" nogil:
     int64_t fx_softmax(const fx_job *J)
     int64_t fx_sigmoid(const fx_job *J)
     int64_t fx_binary_focal(const fx_job *J)
+    int64_t fx_xlogx(const fx_job *J)
     double fx_dot_lanes(const double *a, const double *w, int64_t n)
     double fx_round_float(double v)
 

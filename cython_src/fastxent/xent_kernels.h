@@ -222,6 +222,7 @@ typedef int64_t (*fx_runner)(const fx_job *);
 static const fx_runner fx_softmax_runners[][2] = FX_RUNNERS(fx_softmax_run);
 static const fx_runner fx_sigmoid_runners[][2] = FX_RUNNERS(fx_sigmoid_run);
 static const fx_runner fx_bfocal_runners[][2] = FX_RUNNERS(fx_bfocal_run);
+static const fx_runner fx_xlogx_runners[][2] = FX_RUNNERS(fx_xlogx_run);
 
 /* Softmax cross-entropy (labels or soft targets, from logits or probabilities) on the selected
  * instruction-set path.  Returns the number of labels outside [0, n_cols) that were not
@@ -243,6 +244,12 @@ static int64_t fx_sigmoid(const fx_job *J)
 static int64_t fx_binary_focal(const fx_job *J)
 {
     return fx_bfocal_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
+}
+
+/* sum_k x_k log x_k of each row of J->x into J->loss (0 log 0 = 0).  Returns 0. */
+static int64_t fx_xlogx(const fx_job *J)
+{
+    return fx_xlogx_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
 }
 
 #endif /* FASTXENT_XENT_KERNELS_H */

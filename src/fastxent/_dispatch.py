@@ -186,6 +186,11 @@ def run_binary_focal(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _re
     )
 
 
+def run_xlogx(t2: np.ndarray, out: np.ndarray, *, n_threads: int) -> None:
+    """``out[r] = sum_k t[r, k] log t[r, k]`` of a laid-out (rows, classes) buffer."""
+    _kernels.xlogx_rows(x=t2, out=out, n_threads=n_threads)
+
+
 def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
             want_hess=False, want_lse=False, grad_out=None, inplace=False,
             want_total=False) -> Outcome:

@@ -9,7 +9,7 @@ Each loss reaches the kernels through ``fastxent._dispatch`` and reduces through
   ``-log p_y`` per row; when a gradient is wanted a second pass writes the cross-entropy
   gradient with each row's scale (sample weight x mask / denominator) multiplied by ``F``.
 * KL divergence from logits: the soft-target cross-entropy kernel (gradient
-  ``(sum t) softmax - t``) plus ``sum t log t``, summed over blocks of rows.
+  ``(sum t) softmax - t``) plus the kernel of ``sum t log t`` per row.
 * binary focal from logits: its own kernel (``_kernels.binary_focal``), one read of the
   logits and targets, one write of the gradient (and Hessian);
 * categorical (soft-target) focal, binary focal from probabilities, KL divergence and
@@ -198,12 +198,14 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
     if n_rows:
         ok = labels if o.ignore_class is None else np.where(labels == o.ignore_class, 0, labels)
         fused = False
-        if spec.kind == "gce" and not o.from_logits:
-            # Keras: p = y_pred at the label, neither normalized nor clipped
+        if cw is not None or (spec.kind == "gce" and not o.from_logits):
+            # labels index class weights or y_pred here, before any kernel checks them
             bad = int(np.count_nonzero((ok < 0) | (ok >= ncls)))
             if bad:
                 raise label_range_error(bad, labels, y_true, lay.batch_shape, ncls,
                                         o.ignore_class)
+        if spec.kind == "gce" and not o.from_logits:
+            # Keras: p = y_pred at the label, neither normalized nor clipped
             p = lay.x2[np.arange(n_rows), ok].astype(np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
                 u = np.log(p)
@@ -440,18 +442,6 @@ def kl_block(spec: Spec, x, t, lo, hi, want_grad):
     return loss, d1, None
 
 
-def entropy_rows(t2: np.ndarray) -> np.ndarray:
-    """sum_k t_k log t_k per row (0 log 0 = 0; a negative entry gives NaN), float64."""
-    n_rows, ncls = t2.shape
-    out = np.empty(n_rows)
-    step = max(1, BLOCK_ELEMENTS // ncls)
-    for r0 in range(0, n_rows, step):
-        tb = t2[r0:r0 + step].astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[r0:r0 + step] = np.sum(np.where(tb != 0, tb * np.log(tb), 0.0), axis=1)
-    return out
-
-
 def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=False,
                want_hess=False, grad_out=None, inplace=False) -> _dispatch.Outcome:
     """Binary focal, categorical focal and KL divergence."""
@@ -482,9 +472,12 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                                    n_threads=resolve_n_threads(o.n_threads))
     elif n_rows and spec.kind == "kl" and o.from_logits:
         # soft-target cross-entropy from logits (gradient (sum t) softmax - t) + sum t log t
+        nt = resolve_n_threads(o.n_threads)
         _dispatch.run_softmax(o, lay.x2, plan=plan, loss=loss64, target=t2, grad=grad2,
-                              hess=hess2, n_threads=resolve_n_threads(o.n_threads))
-        loss64 += entropy_rows(t2)
+                              hess=hess2, n_threads=nt)
+        entropy = np.empty(n_rows)
+        _dispatch.run_xlogx(t2, entropy, n_threads=nt)
+        loss64 += entropy
     elif n_rows:
         step = max(1, BLOCK_ELEMENTS // ncls)
         for r0 in range(0, n_rows, step):
