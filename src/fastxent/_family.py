@@ -167,6 +167,25 @@ def _unit_plan() -> _reduction.Plan:
     return _reduction.Plan("none", 1.0, 1.0, None)
 
 
+def _checked_call(spec: Spec, want_grad, want_hess, grad_out, inplace) -> Options:
+    """The call's buffer options checked; the loss's base options."""
+    _dispatch._check_buffers(want_grad, want_hess, grad_out, inplace)
+    if want_hess and not spec.base.from_logits:
+        raise ValueError("the Hessian is available for from_logits=True only")
+    return spec.base
+
+
+def _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
+             inplace) -> _dispatch.Outcome:
+    """The reduced loss, the gradient and Hessian in y_pred's own shape."""
+    return _dispatch._as_given(_dispatch.Outcome(
+        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        grad=_layout.grad_result(grad2, lay, gout, inplace),
+        hess=None if hess2 is None else lay.from_rows(hess2),
+        denominator=plan.denominator,
+    ), y_pred, given_shape, grad_out, inplace)
+
+
 def _sparse_setup(o: Options, y_true, y_pred, inplace, grad_out):
     lay = _layout.rows(y_pred, o.axis, inplace=inplace, y_true=y_true)
     gout = grad_out
@@ -181,10 +200,7 @@ def _sparse_setup(o: Options, y_true, y_pred, inplace, grad_out):
 def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=False,
                 want_hess=False, grad_out=None, inplace=False) -> _dispatch.Outcome:
     """A loss ``h(log p_y)`` of integer labels: sparse focal, generalized cross-entropy."""
-    o = spec.base
-    _dispatch._check_buffers(want_grad, want_hess, grad_out, inplace)
-    if want_hess and not o.from_logits:
-        raise ValueError("the Hessian is available for from_logits=True only")
+    o = _checked_call(spec, want_grad, want_hess, grad_out, inplace)
     nt = resolve_n_threads(o.n_threads)
     lay, gout, labels = _sparse_setup(o, y_true, y_pred, inplace, grad_out)
     given_shape = np.shape(y_pred)
@@ -270,12 +286,8 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
                 _sparse_hess_correction(hess2, lay.x2, labels, ok, lse, dF, cwy, rows_w,
                                         plan.gs0, ignored)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
-    return _dispatch._as_given(_dispatch.Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
-        grad=_layout.grad_result(grad2, lay, gout, inplace),
-        hess=None if hess2 is None else lay.from_rows(hess2),
-        denominator=plan.denominator,
-    ), y_pred, given_shape, grad_out, inplace)
+    return _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
+                    inplace)
 
 
 def _sparse_hess_correction(hess2, x2, labels, ok, lse, dF, cwy, rows_w, gs0, ignored):
@@ -445,10 +457,7 @@ def kl_block(spec: Spec, x, t, lo, hi, want_grad):
 def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=False,
                want_hess=False, grad_out=None, inplace=False) -> _dispatch.Outcome:
     """Binary focal, categorical focal and KL divergence."""
-    o = spec.base
-    _dispatch._check_buffers(want_grad, want_hess, grad_out, inplace)
-    if want_hess and not o.from_logits:
-        raise ValueError("the Hessian is available for from_logits=True only")
+    o = _checked_call(spec, want_grad, want_hess, grad_out, inplace)
     what = {"binary_focal": "binary", "categorical_focal": "categorical", "kl": "KL"}[spec.kind]
     lay, gout, t2 = _dense_setup(o, y_true, y_pred, inplace, grad_out, what)
     given_shape = np.shape(y_pred)
@@ -504,12 +513,8 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                     hess2[r0:r1] = d2 * rs
     if n_rows:
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
-    return _dispatch._as_given(_dispatch.Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
-        grad=_layout.grad_result(grad2, lay, gout, inplace),
-        hess=None if hess2 is None else lay.from_rows(hess2),
-        denominator=plan.denominator,
-    ), y_pred, given_shape, grad_out, inplace)
+    return _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
+                    inplace)
 
 
 def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, hess):
