@@ -478,3 +478,168 @@ def reference_loss(kind, y_true, y_pred, sample_weight=None, **options):
 def per_sample(kind, y_true, y_pred, **options):
     """Oracle of the per-sample function of ``kind`` (float64 array)."""
     return _PER_SAMPLE[kind](y_true, y_pred, **options)[0]
+
+
+# ------------------------------------ focal, KL divergence, generalized cross-entropy
+#
+# Loss oracles only (float64, written from the papers' / Keras' formulas); their gradients
+# and Hessians are taken by central finite differences (:func:`fd_grad`), an independent
+# route to every derivative fastxent computes in closed form.
+
+
+def binary_focal_per_sample(y_true, y_pred, apply_class_balancing=False, alpha=0.25,
+                            gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1,
+                            epsilon=1e-7):
+    """Keras' binary focal cross-entropy; from logits with the exact log-sigmoid."""
+    in_dtype = np.asarray(y_pred).dtype
+    x, batch_shape = _to_rows(y_pred, canonical_axis(axis, np.ndim(y_pred)))
+    z, _ = _to_rows(y_true, canonical_axis(axis, np.ndim(y_pred)))
+    z = z * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        p = _sigmoid(x)
+        bce = (1.0 - z) * x + _softplus(-x)
+    else:
+        lo, hi = clip_bounds(epsilon, in_dtype)
+        p = x
+        c = np.clip(x, lo, hi)
+        bce = -(z * np.log(c) + (1.0 - z) * np.log(1.0 - c))
+    p_t = z * p + (1.0 - z) * (1.0 - p)
+    loss = (1.0 - p_t) ** gamma * bce
+    if apply_class_balancing:
+        loss = loss * (z * alpha + (1.0 - z) * (1.0 - alpha))
+    return loss.mean(axis=1).reshape(batch_shape)
+
+
+def categorical_focal_per_sample(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
+                                 label_smoothing=0.0, axis=-1, epsilon=1e-7):
+    """``-sum_k alpha_k (1 - p_k)**gamma t_k log p_k`` (Keras' clip from probabilities)."""
+    in_dtype = np.asarray(y_pred).dtype
+    ax = canonical_axis(axis, np.ndim(y_pred))
+    x, batch_shape = _to_rows(y_pred, ax)
+    t, _ = _to_rows(y_true, ax)
+    t = t * (1.0 - label_smoothing) + label_smoothing / x.shape[1]
+    if from_logits:
+        log_p, p, _, bad = softmax_rows(x)
+    else:
+        lo, hi = clip_bounds(epsilon, in_dtype)
+        p = np.clip(x / x.sum(axis=1, keepdims=True), lo, hi)
+        log_p, bad = np.log(p), np.zeros(len(x), dtype=bool)
+    at = np.asarray(alpha, dtype=np.float64) * t
+    with np.errstate(invalid="ignore"):
+        terms = np.where(at != 0, -at * (1.0 - p) ** gamma * log_p, 0.0)
+    loss = terms.sum(axis=1)
+    loss[bad] = np.nan
+    return loss.reshape(batch_shape)
+
+
+def sparse_focal_per_sample(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
+                            ignore_class=None, axis=-1, class_weight=None, epsilon=1e-7):
+    """The categorical focal loss of the one-hot target times the label's class weight."""
+    ax = canonical_axis(axis, np.ndim(y_pred))
+    labels = sparse_labels_to_int(y_true).reshape(-1)
+    n_classes = np.shape(y_pred)[ax]
+    valid = np.ones(labels.shape, bool) if ignore_class is None else labels != ignore_class
+    if np.any(valid & ((labels < 0) | (labels >= n_classes))):
+        raise ValueError("label out of range")
+    safe = np.where(valid, labels, 0)
+    one_hot = np.moveaxis(np.eye(n_classes)[safe].reshape(
+        np.shape(y_true) + (n_classes,)), -1, ax)
+    cw = _class_weight_vector(class_weight, n_classes)
+    loss = categorical_focal_per_sample(one_hot, y_pred, alpha, gamma, from_logits, 0.0, ax,
+                                        epsilon).reshape(-1)
+    loss = np.where(valid, loss * cw[safe], 0.0)
+    return loss.reshape(np.shape(y_true))
+
+
+def kl_per_sample(y_true, y_pred, from_logits=False, axis=-1, epsilon=1e-7):
+    """Keras' KL divergence (both clipped to [eps, 1]); from logits: ``sum t log t - t log
+    softmax(x)`` with y_true as given (0 log 0 = 0)."""
+    in_dtype = np.asarray(y_pred).dtype
+    ax = canonical_axis(axis, np.ndim(y_pred))
+    x, batch_shape = _to_rows(y_pred, ax)
+    t, _ = _to_rows(y_true, ax)
+    bad = np.zeros(len(x), dtype=bool)
+    if from_logits:
+        log_p, _, _, bad = softmax_rows(x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(t != 0, t * (np.log(t) - log_p), 0.0)
+    else:
+        lo, _ = clip_bounds(epsilon, in_dtype)
+        tc, pc = np.clip(t, lo, 1.0), np.clip(x, lo, 1.0)
+        terms = tc * np.log(tc / pc)
+    loss = terms.sum(axis=1)
+    loss[bad] = np.nan  # a row that is all -inf or holds +inf / NaN
+    return loss.reshape(batch_shape)
+
+
+def gce_per_sample(y_true, y_pred, q=0.5, from_logits=False, ignore_class=None, axis=-1):
+    """``(1 - p_y**q) / q`` with p = y_pred (Keras: not normalized) or softmax(y_pred)."""
+    ax = canonical_axis(axis, np.ndim(y_pred))
+    x, _ = _to_rows(y_pred, ax)
+    labels = sparse_labels_to_int(y_true).reshape(-1)
+    valid = np.ones(labels.shape, bool) if ignore_class is None else labels != ignore_class
+    safe = np.where(valid, labels, 0)
+    bad = np.zeros(len(x), dtype=bool)
+    if from_logits:
+        _, p, _, bad = softmax_rows(x)
+    else:
+        p = x
+    py = p[np.arange(len(x)), safe]
+    with np.errstate(invalid="ignore"):
+        loss = np.where(valid, np.where(bad, np.nan, (1.0 - py ** q) / q), 0.0)
+    return loss.reshape(np.shape(y_true))
+
+
+FAMILY_PER_SAMPLE = {
+    "binary_focal": binary_focal_per_sample,
+    "categorical_focal": categorical_focal_per_sample,
+    "sparse_focal": sparse_focal_per_sample,
+    "kl": kl_per_sample,
+    "gce": gce_per_sample,
+}
+
+
+def fd_grad(f, x, h=1e-6):
+    """Central finite differences of the scalar ``f`` at every entry of float64 ``x``."""
+    x = np.array(x, dtype=np.float64)
+    g = np.empty_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f(x)
+        flat[i] = old - h
+        down = f(x)
+        flat[i] = old
+        gf[i] = (up - down) / (2.0 * h)
+    return g
+
+
+def family_loss_and_grad(kind, y_true, y_pred, sample_weight=None, reduction="none",
+                         **options):
+    """Oracle of ``Class(**options).loss_and_grad``: the per-sample oracle, reduced as the
+    cross-entropies are (ignored samples not counted), gradient by finite differences."""
+    options.pop("n_threads", None)
+    f = FAMILY_PER_SAMPLE[kind]
+    x = np.asarray(y_pred, dtype=np.float64)
+    loss = f(y_true, x, **options)
+    ic = options.get("ignore_class")
+    valid = (np.ones(loss.shape, bool) if ic is None
+             else np.asarray(y_true).reshape(loss.shape) != ic)
+    sample_cw = valid * 1.0
+    cw = options.get("class_weight")
+    if cw is not None:
+        lab = np.where(valid, np.asarray(y_true).reshape(loss.shape), 0)
+        sample_cw = np.where(valid, np.asarray(cw)[lab], 0.0)
+    sw = broadcast_sample_weight(sample_weight, loss.shape)
+    grad = fd_grad(lambda v: float(np.sum(f(y_true, v, **options) * np.where(valid, sw, 0))),
+                   x)
+    red, _ = reduce_loss_and_grad(loss, np.zeros_like(x), valid, sample_cw,
+                                  options.get("axis", -1), sample_weight, reduction)
+    if reduction in ("none", "sum"):
+        return red, grad
+    if reduction in ("sum_over_batch_size", "mean"):
+        den = float(np.count_nonzero(valid))
+    else:
+        den = float(np.sum(np.where(valid, sw * sample_cw, 0.0)))
+    return red, (grad / den if den else np.zeros_like(grad))

@@ -30,6 +30,7 @@ EXPECTED_ROWS = [
     ("small", "main", 2), ("small", "functional", 2),
     ("in-cache", "main", 2), ("in-cache", "main", 2),
     ("binary-shapes", "main", 2), ("binary-shapes", "main", 2),
+    ("focal", "main", 2), ("focal", "main", 2), ("focal", "main", 2),
     ("busy-core", "main", 1), ("busy-core", "busy", 2),
 ] + [("avx2", role, 2) for _ in range(4) for role in ("main", "avx2") if AVX2]
 UNSHIPPABLE = re.compile(r"\b(issues?|tickets?|sessions?|MISS)\b", re.IGNORECASE)
@@ -484,3 +485,19 @@ def test_avx2_rows_need_a_cpu_with_avx2(tmp_path, monkeypatch):
     assert status == 0
     assert _result(tmp_path)["rows"] == []
     assert "AVX2 rows: skipped, this CPU does not support AVX2." in text
+
+
+@pytest.mark.parametrize("kind", ["sparse_focal", "binary_focal", "kl"])
+def test_focal_group_peers_compute_the_same(kind):
+    """The focal group's PyTorch and JAX candidates compute fastxent's loss and gradient."""
+    data = make_data(kind, (64, 50), "float32", seed=3)
+    data["kind"] = kind
+    ref = peers.build({"system": "fastxent", "threads": 1}, data)
+    ref_loss, ref_grad = ref.check(ref.fn())
+    for system in ("torch", "jax"):
+        pytest.importorskip(system)
+        cand = peers.build({"system": system, "threads": 1}, data)
+        loss, grad = cand.check(cand.fn())
+        assert loss == pytest.approx(ref_loss, rel=2e-5), system
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-4,
+                                   atol=1e-5 * np.max(np.abs(ref_grad)))

@@ -248,3 +248,52 @@ def test_linear_cross_entropy_and_perplexity_bitwise_identical(dtype, rng):
         got = compute(n_threads)
         for key, value in expected.items():
             assert_same_bits(got[key], value, f"{key} n_threads={n_threads}")
+
+
+FAMILY = {
+    "binary_focal": (fx.BinaryFocalCrossentropy,
+                     {"apply_class_balancing": True, "alpha": 0.3, "gamma": 1.5,
+                      "label_smoothing": 0.1}),
+    "categorical_focal": (fx.CategoricalFocalCrossentropy,
+                          {"alpha": 0.5, "gamma": 2.5, "label_smoothing": 0.1}),
+    "sparse_focal": (fx.SparseCategoricalFocalCrossentropy,
+                     {"alpha": 0.5, "gamma": 0.5, "ignore_class": -100}),
+    "kl": (fx.KLDivergence, {}),
+    "gce": (fx.CategoricalGeneralizedCrossEntropy, {"q": 0.3, "ignore_class": -100}),
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_family_bitwise_identical_threads_isas(kind, from_logits, dtype, shape, rng,
+                                               restore_isa):
+    """Focal, KL and GCE losses: the same bits for n_threads 1..4, a repeated call and every
+    ISA path (every reduction, the Hessian from logits)."""
+    cls, opts = FAMILY[kind]
+    base = "binary" if kind == "binary_focal" else (
+        "sparse_categorical" if kind in ("sparse_focal", "gce") else "categorical")
+    y, x, sw = make_inputs(base, from_logits, dtype, shape, rng)
+    if base == "sparse_categorical" and "ignore_class" not in opts:
+        y = np.where(y == -100, 0, y)
+
+    def compute(n_threads):
+        out = {}
+        for reduction in REDUCTIONS:
+            loss = cls(from_logits=from_logits, reduction=reduction, n_threads=n_threads,
+                       **opts)
+            out[reduction] = loss.loss_and_grad(y, x, sw)
+            if reduction == "sum" and from_logits:
+                out["hessian"] = tuple(loss.gradient_hessian(y, x, sw))
+        return out
+
+    fx.set_isa("baseline")
+    expected = compute(1)
+    for isa in fx.available_isas():
+        fx.set_isa(isa)
+        for n_threads in (*N_THREADS, 2):
+            got = compute(n_threads)
+            for key, value in expected.items():
+                assert_same_bits(got[key], value, f"{key} isa={isa} n_threads={n_threads}")

@@ -338,6 +338,8 @@ def test_weight_dtype_is_refused_by_functions_and_constructors(kind, weight):
 @pytest.mark.parametrize("weight", [[-1.0, 1.0, 1.0], [np.nan, 1, 1], np.inf, np.ones((3, 1))])
 def test_bad_weight_values_are_refused_by_constructors(kind, weight):
     name = WEIGHT_OF[kind]
+    if name == "pos_weight" and np.ndim(weight) == 2:
+        weight = -np.ones((3, 1))  # any shape is a pos_weight (broadcast with y_pred)
     with pytest.raises(ValueError, match=name):
         CLASSES[kind](**{name: weight})
 

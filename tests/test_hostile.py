@@ -486,8 +486,10 @@ def corruptions(draw, case: Case):
         bad_w = draw(st.sampled_from(("long", "negative", "nan", "2d", "str", "inf_scalar",
                                       "neg_scalar", "complex", "complex_scalar", "bool")))
         width = n_classes
-        w = {"long": np.ones(width + 1), "negative": -np.ones(width),
-             "nan": np.full(width, np.nan), "2d": np.ones((width, 2)),
+        # "long" and "2d" broadcast against no y_pred here: a batch axis is at most 4 long
+        # and y_pred has at most 3 dimensions (pos_weight broadcasts by PyTorch's rule)
+        w = {"long": np.ones(width + 5), "negative": -np.ones(width),
+             "nan": np.full(width, np.nan), "2d": np.ones((2, 2, 2, width)),
              "str": np.array(["1"] * width), "inf_scalar": np.inf,
              "neg_scalar": -1.0, "complex": np.ones(width, complex), "complex_scalar": 2 + 0j,
              "bool": np.ones(width, bool)}[bad_w]
@@ -784,3 +786,155 @@ def test_binary_infinite_logits_give_the_limits(dtype):
                               [np.nan]])
     assert_matches(value, expected_loss.astype(dtype), dtype, "loss")
     assert_matches(grad, expected_grad.astype(dtype), dtype, "grad")
+
+
+# ------------------------------------------------- focal, KL divergence, generalized CE
+
+FAMILY_CLASSES = {
+    "binary_focal": fx.BinaryFocalCrossentropy,
+    "categorical_focal": fx.CategoricalFocalCrossentropy,
+    "sparse_focal": fx.SparseCategoricalFocalCrossentropy,
+    "kl": fx.KLDivergence,
+    "gce": fx.CategoricalGeneralizedCrossEntropy,
+}
+FAMILY_FUNCTIONS = {
+    "binary_focal": fx.binary_focal_crossentropy,
+    "categorical_focal": fx.categorical_focal_crossentropy,
+    "sparse_focal": fx.sparse_categorical_focal_crossentropy,
+    "kl": fx.kl_divergence,
+    "gce": fx.categorical_generalized_cross_entropy,
+}
+# corruptions of the options: (option, bad value) -> the error must name the option
+FAMILY_BAD_OPTIONS = {
+    "binary_focal": [("gamma", -1.0), ("gamma", np.nan), ("gamma", "2"), ("alpha", 1.5),
+                     ("alpha", None), ("apply_class_balancing", 1), ("label_smoothing", 2.0)],
+    "categorical_focal": [("gamma", -0.5), ("alpha", -1.0), ("alpha", [1.0, np.inf]),
+                          ("alpha", "x")],
+    "sparse_focal": [("gamma", np.inf), ("alpha", -2.0), ("ignore_class", 1.5),
+                     ("class_weight", [-1.0])],
+    "kl": [("epsilon", 0.0), ("axis", 1.5)],
+    "gce": [("q", 0.0), ("q", 1.0), ("q", "0.5"), ("ignore_class", "pad")],
+}
+
+
+@st.composite
+def family_cases(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(tuple(FAMILY_CLASSES)))
+    dtype = np.dtype(draw(st.sampled_from((np.float32, np.float64))))
+    shape, axis = draw(shapes())
+    if shape[axis] > 4099:  # the NumPy steps of these losses: keep the examples quick
+        shape = tuple(min(s, 4099) if i == axis % len(shape) else s
+                      for i, s in enumerate(shape))
+    from_logits = draw(st.booleans())
+    n_classes = shape[axis]
+    batch = _batch_shape(shape, axis)
+    if from_logits:
+        x = (rng.standard_normal(shape) * draw(st.sampled_from((1.0, 5.0)))).astype(dtype)
+        _place_specials(draw, rng, x, (np.nan, -np.inf, 1e30, -1e30, 0.0, 40.0, -40.0))
+    else:
+        x = rng.uniform(0.0, 1.0, size=shape)
+        if kind != "binary_focal" and x.size:
+            x = x / x.sum(axis=axis, keepdims=True)
+        x = x.astype(dtype)
+        _place_specials(draw, rng, x, (np.nan, 0.0, 1.0, 1e-30))
+    opts = {"from_logits": from_logits, "axis": axis}
+    if draw(st.booleans()):
+        opts["n_threads"] = draw(st.sampled_from((None, 1, 2, -1)))
+    if kind in ("binary_focal", "categorical_focal", "sparse_focal"):
+        opts["gamma"] = draw(st.sampled_from((0.0, 0.5, 2.0, 3.0)))
+        if kind == "categorical_focal" and draw(st.booleans()):
+            opts["alpha"] = rng.uniform(0.1, 2.0, n_classes)
+        else:
+            opts["alpha"] = draw(st.sampled_from((0.25, 0.5, 1.0)))
+    if kind == "binary_focal":
+        opts["apply_class_balancing"] = draw(st.booleans())
+    if kind in ("binary_focal", "categorical_focal") and draw(st.booleans()):
+        opts["label_smoothing"] = draw(st.sampled_from((0.1, 0.5)))
+    if kind == "gce":
+        opts["q"] = draw(st.sampled_from((0.1, 0.5, 0.9)))
+    if kind in ("sparse_focal", "gce"):
+        labels = rng.integers(0, n_classes, size=batch)
+        if draw(st.booleans()):
+            opts["ignore_class"] = -100
+            if labels.size:
+                labels[rng.random(batch) < 0.3] = -100
+        if kind == "sparse_focal" and draw(st.booleans()):
+            opts["class_weight"] = rng.uniform(0.0, 2.0, n_classes)
+        y = labels.astype(draw(st.sampled_from(("int64", "int32", "float64"))))
+    elif kind == "binary_focal":
+        y = (rng.random(shape) < 0.3).astype(draw(st.sampled_from(("float64", "float32",
+                                                                   "bool"))))
+    else:
+        y = np.moveaxis(rng.dirichlet(np.ones(n_classes), size=batch), -1,
+                        axis % len(shape)).astype(dtype)
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    sw = rng.uniform(0.0, 2.0, size=batch) if draw(st.booleans()) else None
+    return kind, dtype, x, y, opts, reduction, sw
+
+
+@settings(PROFILE, max_examples=examples(300), suppress_health_check=list(HealthCheck))
+@given(case=family_cases())
+def test_family_valid_hostile_values(case):
+    """Focal, KL and GCE losses on hostile values, layouts and options: the per-sample losses
+    equal the float64 oracle where it is finite, the gradient has y_pred's shape and dtype and
+    is finite where the loss is, and the inputs are left alone."""
+    kind, dtype, x, y, opts, reduction, sw = case
+    x0, y0 = x.copy(), np.copy(y)
+    loss = FAMILY_CLASSES[kind](reduction="none", **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)  # one class: Keras' warning
+        value, grad = loss.loss_and_grad(y, x)
+        per = FAMILY_FUNCTIONS[kind](y, x, **opts)
+    assert np.array_equal(x, x0, equal_nan=True) and np.array_equal(y, y0)
+    assert grad.shape == x.shape and grad.dtype == dtype
+    assert value.dtype == dtype and per.dtype == dtype
+    assert np.array_equal(value, per, equal_nan=True)
+    o = {k: v for k, v in opts.items() if k != "n_threads"}
+    with np.errstate(all="ignore"):
+        want = R.FAMILY_PER_SAMPLE[kind](y, x, **o)
+    fin = np.isfinite(want) & (np.abs(want) < 1e15)
+    rtol = 5e-5 if dtype == np.float32 else 1e-9
+    if fin.any():
+        got = np.asarray(value, dtype=np.float64)[fin]
+        scale = max(1.0, float(np.max(np.abs(want[fin]))))
+        assert np.all(np.abs(got - want[fin]) <= rtol * (np.abs(want[fin]) + scale)), (
+            kind, got[:4], want[fin][:4])
+    # reductions: a float, equal to the weighted per-sample losses reduced
+    red = FAMILY_CLASSES[kind](reduction=reduction, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        r = red(y, x, sw)
+    if reduction == "none":
+        assert r.shape == value.shape
+    else:
+        assert isinstance(r, float)
+
+
+@settings(PROFILE, max_examples=examples(200), suppress_health_check=list(HealthCheck))
+@given(case=family_cases(), data=st.data())
+def test_family_corruption_raises_named_error(case, data):
+    """One bad option, dtype, shape or label: TypeError / ValueError naming it."""
+    kind, dtype, x, y, opts, reduction, sw = case
+    what = data.draw(st.sampled_from(("option", "y_pred", "y_true_shape", "label")))
+    name = None
+    if what == "option":
+        name, bad = data.draw(st.sampled_from(FAMILY_BAD_OPTIONS[kind]))
+        opts = {**opts, name: bad}
+    elif what == "y_pred":
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf cast to integers
+            x = np.asarray(x).astype(data.draw(st.sampled_from(("int32", "float16",
+                                                                "complex64", "bool"))))
+        name = "y_pred"
+    elif what == "y_true_shape" or kind not in ("sparse_focal", "gce") or np.size(y) == 0:
+        y = np.zeros(np.shape(y) + (3, 2))
+        name = "y_true"
+    else:
+        y = np.array(y, dtype=np.int64)
+        y.reshape(-1)[0] = np.shape(x)[opts["axis"]] + 7
+        name = "y_true"
+    with pytest.raises((TypeError, ValueError), match=name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            FAMILY_CLASSES[kind](reduction=reduction, **opts).loss_and_grad(y, x, sw)

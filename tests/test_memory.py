@@ -216,6 +216,44 @@ def test_loss_and_grad_allocates_only_its_outputs(kind, from_logits, dtype, rng)
         assert peak <= SMALL, (reduction, "__call__", peak)
 
 
+@pytest.mark.parametrize("name", ["sparse_focal", "binary_focal", "kl", "gce"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_one_pass_family_losses_allocate_only_their_outputs(name, dtype, rng):
+    """Sparse focal, binary focal, KL divergence and GCE from logits: the gradient and O(N)
+    buffers only (no N x C temporary); with grad_out or inplace=True, nothing of N x C."""
+    x = logits(rng, (N, C), dtype)
+    sw = rng.uniform(size=N)
+    if name in ("sparse_focal", "gce"):
+        y = rng.integers(0, C, size=N)
+    elif name == "kl":
+        y = targets("categorical", rng, (N, C), dtype)
+    else:
+        y = targets("binary", rng, (N, C), dtype)
+    cls = {"sparse_focal": fx.SparseCategoricalFocalCrossentropy,
+           "binary_focal": fx.BinaryFocalCrossentropy, "kl": fx.KLDivergence,
+           "gce": fx.CategoricalGeneralizedCrossEntropy}[name]
+    loss = cls(from_logits=True, reduction="mean_with_sample_weight", n_threads=2)
+    expected = loss.loss_and_grad(y, x, sw)
+    (value, grad), peak = traced_peak(lambda: loss.loss_and_grad(y, x, sw))
+    assert nbytes_ok(peak, x.nbytes), peak
+    out = np.empty_like(x)
+    (value, grad), peak = traced_peak(lambda: loss.loss_and_grad(y, x, sw, grad_out=out))
+    assert grad is out and peak <= (SMALL if name != "kl" else KL_BLOCK), peak
+    np.testing.assert_array_equal(out, expected[1])
+    x_work = x.copy()
+    (value, grad), peak = traced_peak(lambda: loss.loss_and_grad(y, x_work, sw, inplace=True))
+    assert grad is x_work and peak <= (SMALL if name != "kl" else KL_BLOCK), peak
+    np.testing.assert_array_equal(x_work, expected[1])
+
+
+# allowance for O(N) buffers (the KL divergence: a second per-row vector)
+KL_BLOCK = SMALL + 4 * 65536 * 8
+
+
+def nbytes_ok(peak, nbytes):
+    return nbytes <= peak <= nbytes + KL_BLOCK
+
+
 @pytest.mark.parametrize("kind", list(FUNCTIONS))
 def test_functions_allocate_no_n_by_c(kind, rng):
     x = logits(rng, (N, C), np.float32)

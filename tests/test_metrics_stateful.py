@@ -576,3 +576,15 @@ def test_evaluate_keeps_changes_to_a_writable_memmap(rng, tmp_path, mode):
     got = evaluate(m, y, mm, batch_rows=100, progress=False)
     assert np.array_equal(mm, x)
     assert rel(got, one_shot("sparse", y, x)) <= 1e-12
+
+
+def test_name_and_dtype_checked_as_the_losses_are():
+    """One check for losses and metrics: the same messages, the same accepted dtypes."""
+    for cls in (CategoricalCrossentropy, fx.CategoricalCrossentropy):
+        with pytest.raises(TypeError, match="name must be a string"):
+            cls(name=3)
+        with pytest.raises(ValueError, match="dtype must be None .*'float32' or 'float64'"):
+            cls(dtype="float16")
+        with pytest.raises(TypeError, match="dtype must be None, 'float32' or 'float64'"):
+            cls(dtype=object())
+    assert CategoricalCrossentropy(dtype=np.float32).dtype == "float32"

@@ -52,6 +52,15 @@ def make_tasks(rng):
     binary_last = fx.BinaryCrossentropy(from_logits=True, label_smoothing=0.1, n_threads=2,
                                         reduction="none")
 
+    sfocal = fx.SparseCategoricalFocalCrossentropy(from_logits=True, ignore_class=-100,
+                                                   class_weight=cw, n_threads=2,
+                                                   reduction="mean_with_sample_weight")
+    bfocal = fx.BinaryFocalCrossentropy(apply_class_balancing=True, from_logits=True, axis=1,
+                                        n_threads=2)
+    bfocal_last = fx.BinaryFocalCrossentropy(gamma=1.5, from_logits=True, n_threads=2)
+    kl = fx.KLDivergence(from_logits=True, n_threads=2, reduction="sum")
+    gce = fx.CategoricalGeneralizedCrossEntropy(q=0.3, n_threads=1)
+
     def grad_into(loss, y, x, w=None):
         def run(buffers):
             out = buffers.setdefault((x.shape, x.dtype.str), np.empty_like(x))
@@ -78,6 +87,16 @@ def make_tasks(rng):
             soft, p64, label_smoothing=0.2), None),
         ("function binary", lambda b: fx.binary_crossentropy(zb, xb, from_logits=True), None),
         ("wrong dtype", lambda b: sparse1(labels, x32.astype(np.float16)), TypeError),
+        ("sparse focal lag", lambda b: sfocal.loss_and_grad(labels_ignore, x32, sw), None),
+        ("sparse focal hessian", lambda b: tuple(sfocal.gradient_hessian(labels_ignore, x64)),
+         None),
+        ("sparse focal bad label", lambda b: sfocal(bad_labels, x32), ValueError),
+        ("binary focal axis=1", lambda b: bfocal.loss_and_grad(zb, xb), None),
+        ("binary focal grad_out", grad_into(bfocal_last, zb, xb), None),
+        ("kl logits", lambda b: kl.loss_and_grad(soft, x64), None),
+        ("gce probs", lambda b: gce.loss_and_grad(labels, p64, sw), None),
+        ("function categorical focal", lambda b: fx.categorical_focal_crossentropy(
+            soft, x64, from_logits=True, n_threads=2), None),
     ]
 
 

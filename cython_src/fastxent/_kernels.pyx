@@ -22,6 +22,7 @@ from libc.string cimport memset
 from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
 from fastxent._xent cimport (
     FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN,
+    fx_binary_focal, fx_xlogx,
     fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_get_isa, fx_job,
     fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_round_float, fx_set_isa, fx_sigmoid,
     fx_softmax,
@@ -211,7 +212,8 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
                    int64_t n_cols, const void *x, void *grad, void *hess, const void *target,
                    const int64_t *labels, const double *gscale, double *loss, double *lse,
                    double keep, double spread, double zloss, double eps, double gs0,
-                   object class_weight, object pos_weight, object ignore_class):
+                   object class_weight, object pos_weight, object ignore_class,
+                   int row_fn=0, double row_a=0.0, double row_b=0.0, double row_c=0.0):
     """Every field of a kernel call, named (the one place a job is filled in)."""
     J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
     J.from_logits = from_logits
@@ -242,24 +244,39 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
     J.P.pw = opt_ptr(pos_weight)
     J.P.has_ignore = ignore_class is not None
     J.P.ignore = ignore_class if ignore_class is not None else 0
+    J.P.row_fn = row_fn
+    J.P.row_a = row_a
+    J.P.row_b = row_b
+    J.P.row_c = row_c
+
+
+ROW_FUNCTIONS = {"xent": 0, "focal": 1, "gce": 2}
 
 
 def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
             cnp.ndarray loss, lse, bint from_logits, double keep, double spread,
-            double zloss, double eps, class_weight, ignore_class, int n_threads):
+            double zloss, double eps, class_weight, ignore_class, int n_threads,
+            int row_fn=0, double row_a=0.0, double row_b=0.0):
     """Per-row softmax cross-entropy of the (rows, classes) buffer ``x``.
 
     Exactly one of ``labels`` (int64, one per row) and ``target`` (x's shape) is given.  Row
     r's gradient (and Hessian diagonal) is scaled by ``gs0 * gscale[r]``; ``grad``, ``hess``,
     ``gscale`` and ``lse`` may be None.  Returns the number of labels outside [0, classes)
     that were not ``ignore_class``.
+
+    ``row_fn`` (``ROW_FUNCTIONS``; from logits with labels, no smoothing, class weights,
+    z-loss or Hessian, rows shorter than ``SPLIT_MIN``): the gradient of a per-row loss
+    ``h(log p_y)`` (focal: ``-row_a (1 - p)**row_b log p``; generalized cross-entropy:
+    ``(1 - p**row_b) / row_b``), i.e. the cross-entropy gradient times ``-dh/dlog p``; the
+    loss written is still ``-log p_y``.
     """
     cdef fx_job J
     fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), data_or_null(target), <const int64_t *>data_or_null(labels),
              opt_ptr(gscale), <double *>cnp.PyArray_DATA(loss), <double *>data_or_null(lse),
-             keep, spread, zloss, eps, gs0, class_weight, None, ignore_class)
+             keep, spread, zloss, eps, gs0, class_weight, None, ignore_class, row_fn, row_a,
+             row_b)
     return run_job(&J, True, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 
@@ -275,6 +292,39 @@ def sigmoid(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale
              <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, eps, gs0, None,
              pos_weight, None)
     run_job(&J, False, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
+
+
+def binary_focal(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale,
+                 cnp.ndarray loss, double keep, double spread, double gamma, double a1,
+                 double a0, int n_threads):
+    """Binary focal cross-entropy from logits, each row's mean into ``loss`` (float64); the
+    gradient and Hessian diagonal (None: not wanted) scaled by ``gs0 * gscale[row] / n``.
+    ``a1`` / ``a0`` weigh positives / negatives (1 and 1 without class balancing)."""
+    cdef fx_job J
+    fill_job(&J, cnp.PyArray_TYPE(x), True, n_threads, cnp.PyArray_DIM(x, 0),
+             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
+             data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
+             <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, 1e-7, gs0, None,
+             None, None, 0, a1, gamma, a0)
+    if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
+        with nogil:
+            fx_binary_focal(&J)
+    else:
+        fx_binary_focal(&J)
+
+
+def xlogx_rows(*, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    """``out[r] = sum_k x[r, k] log x[r, k]`` (float64) of a (rows, n) buffer: 0 log 0 = 0,
+    a negative or NaN entry gives NaN."""
+    cdef fx_job J
+    fill_job(&J, cnp.PyArray_TYPE(x), True, n_threads, cnp.PyArray_DIM(x, 0),
+             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), NULL, NULL, NULL, NULL, NULL,
+             <double *>cnp.PyArray_DATA(out), NULL, 1.0, 0.0, 0.0, 1e-7, 1.0, None, None, None)
+    if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
+        with nogil:
+            fx_xlogx(&J)
+    else:
+        fx_xlogx(&J)
 
 
 # ------------------------------------------------------------------------------------------

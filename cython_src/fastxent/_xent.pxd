@@ -15,6 +15,10 @@ cdef extern from "xent_kernels.h" nogil:
         const double *pw
         int64_t ignore
         int has_ignore
+        int row_fn
+        double row_a
+        double row_b
+        double row_c
 
     ctypedef struct fx_job:
         int dtype
@@ -41,6 +45,8 @@ cdef extern from "xent_kernels.h" nogil:
 
     int64_t fx_softmax(const fx_job *J)
     int64_t fx_sigmoid(const fx_job *J)
+    int64_t fx_binary_focal(const fx_job *J)
+    int64_t fx_xlogx(const fx_job *J)
     double fx_dot_lanes(const double *a, const double *w, int64_t n)
     double fx_round_float(double v)
 

@@ -11,7 +11,8 @@
  *   this file        parameters, the call description (fx_job), instantiation and run-time
  *                    dispatch: fx_softmax() and fx_sigmoid() are the only ways in.
  *
- * fx_softmax / fx_sigmoid pick the runner of the job's element type on the instruction set
+ *   xent_focal_t.inc  the binary focal runner, instantiated the same way
+ * fx_softmax / fx_sigmoid (and fx_binary_focal) pick the runner of the job's element type on the instruction set
  * selected by fx_set_isa() (the best the CPU supports, or the one forced by FASTXENT_ISA).
  * With -ffp-contract=off and fixed-lane sums all variants return the same bits.
  */
@@ -41,7 +42,15 @@ typedef struct {
     const double *pw;   /* pos_weight, length K, or NULL */
     int64_t ignore;     /* label to skip when has_ignore */
     int has_ignore;
+    int row_fn;         /* softmax from logits with labels, rows not split: the gradient of a
+                         * per-row loss h(log p_y) instead of -log p_y (FX_ROW_*) */
+    double row_a, row_b;  /* its parameters: focal alpha, gamma; generalized CE -, q */
+    double row_c;         /* binary focal: row_a / row_c weigh positives / negatives, row_b gamma */
 } fx_params;
+
+#define FX_ROW_XENT 0   /* the cross-entropy itself */
+#define FX_ROW_FOCAL 1  /* h = -a (1 - p)^b log p */
+#define FX_ROW_GCE 2    /* h = (1 - p^b) / b */
 
 /* v rounded to float and back: the clip bounds of float32 data (Keras casts [eps, 1 - eps] to
  * the data's dtype).  Through a volatile float: GCC 12.2 at -O3 was seen to drop the plain
@@ -212,6 +221,8 @@ typedef int64_t (*fx_runner)(const fx_job *);
 #endif
 static const fx_runner fx_softmax_runners[][2] = FX_RUNNERS(fx_softmax_run);
 static const fx_runner fx_sigmoid_runners[][2] = FX_RUNNERS(fx_sigmoid_run);
+static const fx_runner fx_bfocal_runners[][2] = FX_RUNNERS(fx_bfocal_run);
+static const fx_runner fx_xlogx_runners[][2] = FX_RUNNERS(fx_xlogx_run);
 
 /* Softmax cross-entropy (labels or soft targets, from logits or probabilities) on the selected
  * instruction-set path.  Returns the number of labels outside [0, n_cols) that were not
@@ -225,6 +236,20 @@ static int64_t fx_softmax(const fx_job *J)
 static int64_t fx_sigmoid(const fx_job *J)
 {
     return fx_sigmoid_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
+}
+
+/* Binary focal cross-entropy from logits (Keras' binary_focal_crossentropy with the exact
+ * log-sigmoid), the mean over each row; P.row_b is gamma, P.row_a / P.row_c the weights of
+ * positives / negatives.  Returns 0. */
+static int64_t fx_binary_focal(const fx_job *J)
+{
+    return fx_bfocal_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
+}
+
+/* sum_k x_k log x_k of each row of J->x into J->loss (0 log 0 = 0).  Returns 0. */
+static int64_t fx_xlogx(const fx_job *J)
+{
+    return fx_xlogx_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
 }
 
 #endif /* FASTXENT_XENT_KERNELS_H */

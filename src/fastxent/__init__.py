@@ -22,6 +22,18 @@ from fastxent._config import (  # noqa: E402
     show_config,
 )
 from fastxent._errors import LabelRangeError  # noqa: E402
+from fastxent.focal import (  # noqa: E402
+    BinaryFocalCrossentropy,
+    CategoricalFocalCrossentropy,
+    CategoricalGeneralizedCrossEntropy,
+    KLDivergence,
+    SparseCategoricalFocalCrossentropy,
+    binary_focal_crossentropy,
+    categorical_focal_crossentropy,
+    categorical_generalized_cross_entropy,
+    kl_divergence,
+    sparse_categorical_focal_crossentropy,
+)
 from fastxent.linear import (  # noqa: E402
     linear_cross_entropy,
     linear_cross_entropy_and_grad,
@@ -48,6 +60,16 @@ __all__ = [
     "binary_crossentropy",
     "categorical_crossentropy",
     "sparse_categorical_crossentropy",
+    "BinaryFocalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalFocalCrossentropy",
+    "KLDivergence",
+    "CategoricalGeneralizedCrossEntropy",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "sparse_categorical_focal_crossentropy",
+    "kl_divergence",
+    "categorical_generalized_cross_entropy",
     "nll_loss",
     "nll_loss_and_grad",
     "linear_cross_entropy",

@@ -145,8 +145,13 @@ def _as_given(out: Outcome, y_pred, shape: tuple, grad_out, inplace) -> Outcome:
 
 def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: np.ndarray,
                 labels=None, target=None, grad=None, hess=None, lse=None, class_weight=None,
-                n_threads: int) -> int:
-    """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count."""
+                n_threads: int, row_fn: str = "xent", row_a: float = 0.0,
+                row_b: float = 0.0) -> int:
+    """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count.
+
+    ``row_fn`` "focal" / "gce" (labels, from logits, rows shorter than
+    ``_kernels.SPLIT_MIN``, no smoothing, class weight, z-loss or Hessian): the gradient of
+    that per-row loss of ``log p_y`` (see ``_kernels.softmax``)."""
     ncls = x2.shape[1]
     return _kernels.softmax(
         x=x2, grad=grad, hess=hess, target=target, labels=labels, gs0=plan.gs0,
@@ -154,6 +159,7 @@ def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: n
         keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / ncls,
         zloss=opts.z_loss, eps=opts.epsilon, class_weight=class_weight,
         ignore_class=opts.ignore_class, n_threads=n_threads,
+        row_fn=_kernels.ROW_FUNCTIONS[row_fn], row_a=row_a, row_b=row_b,
     )
 
 
@@ -167,6 +173,22 @@ def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reducti
         spread=opts.label_smoothing / 2.0, eps=opts.epsilon, pos_weight=pos_weight,
         n_threads=n_threads,
     )
+
+
+def run_binary_focal(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reduction.Plan,
+                     loss: np.ndarray, gamma: float, alpha_pos: float, alpha_neg: float,
+                     grad=None, hess=None, n_threads: int) -> None:
+    """The binary focal kernel (from logits) on laid-out (rows, elements) buffers."""
+    _kernels.binary_focal(
+        x=x2, target=z2, grad=grad, hess=hess, gs0=plan.gs0, gscale=plan.weights, loss=loss,
+        keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / 2.0, gamma=gamma,
+        a1=alpha_pos, a0=alpha_neg, n_threads=n_threads,
+    )
+
+
+def run_xlogx(t2: np.ndarray, out: np.ndarray, *, n_threads: int) -> None:
+    """``out[r] = sum_k t[r, k] log t[r, k]`` of a laid-out (rows, classes) buffer."""
+    _kernels.xlogx_rows(x=t2, out=out, n_threads=n_threads)
 
 
 def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
@@ -241,6 +263,37 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     ), y_pred, given_shape, grad_out, inplace)
 
 
+def pos_weight_rows(pos_weight, lay: _layout.Rows):
+    """``(per_column, per_element)``: pos_weight as one weight per element of the class axis
+    (a float64 vector for the kernel; None for none) or, when it varies along other axes
+    too, a float64 (rows, classes) array (else None).
+
+    A scalar, or a 1-D array with one entry per element of the class axis, weighs that
+    axis (as before); any other shape broadcasts against y_pred's shape by NumPy's rule,
+    which is PyTorch's (``binary_cross_entropy_with_logits`` broadcasts pos_weight with the
+    target).  When the class axis is last the two readings agree.
+    """
+    width = lay.n_classes
+    if not isinstance(pos_weight, np.ndarray) or (
+            pos_weight.ndim == 1 and pos_weight.shape[0] == width):
+        return check_weight_vector(pos_weight, "pos_weight", width,
+                                   "element of the class axis"), None
+    try:
+        full = np.broadcast_to(pos_weight, lay.arr.shape)
+    except ValueError:
+        raise ValueError(
+            f"pos_weight has shape {pos_weight.shape}, which neither has one entry per element "
+            f"of the class axis ({width}) nor broadcasts against y_pred's shape "
+            f"{lay.arr.shape} (PyTorch's rule)"
+        ) from None
+    moved = np.moveaxis(full, lay.axis, -1)
+    if all(st == 0 or n == 1 for st, n in zip(moved.strides[:-1], moved.shape[:-1],
+                                              strict=True)):
+        return np.ascontiguousarray(moved.reshape(-1, width)[0] if moved.size else
+                                    np.ones(width)), None
+    return None, np.ascontiguousarray(moved, dtype=np.float64).reshape(-1, width)
+
+
 def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
             want_hess=False, want_lse=False, grad_out=None, inplace=False,
             want_total=False) -> Outcome:
@@ -263,13 +316,19 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     t = _resized(t, true_shape) if len(true_shape) != t.ndim else t
     lay, gout = _same_rank_pred(lay, pred_shape, opts.axis, inplace, y_true, grad_out)
     n_rows, width = lay.x2.shape
-    pw = check_weight_vector(opts.pos_weight, "pos_weight", width, "element of the class axis")
+    pw, pw_full = pos_weight_rows(opts.pos_weight, lay)
     z2 = lay.rows_of(t)
     plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
     loss64 = np.empty(n_rows)
-    if n_rows:
+    if n_rows and pw_full is not None:  # a weight per element: elementwise NumPy
+        from fastxent._family import binary_elementwise_pos_weight
+
+        binary_elementwise_pos_weight(opts, lay.x2, z2, pw_full, plan=plan, loss=loss64,
+                                      grad=grad2, hess=hess2)
+        _reduction.zero_if_empty_mean(plan, grad2, hess2)
+    elif n_rows:
         run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
                     pos_weight=pw, n_threads=nt)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)

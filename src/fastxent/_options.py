@@ -29,11 +29,12 @@ from fastxent._validation import (
 __all__ = ["Options", "softmax_options", "sigmoid_options"]
 
 
-def _weights(w, name: str):
-    """class_weight / pos_weight: None, a float, or a read-only float64 vector."""
+def _weights(w, name: str, max_ndim: int | None = 1):
+    """class_weight / pos_weight: None, a float, or a read-only float64 array (a vector for
+    class_weight; pos_weight of any shape broadcastable against y_pred)."""
     if w is None:
         return None
-    arr = as_weight_array(w, name)
+    arr = as_weight_array(w, name, max_ndim)
     if arr.ndim == 0:
         return float(arr)
     arr = np.ascontiguousarray(arr)
@@ -84,7 +85,7 @@ def _build_sigmoid(from_logits, label_smoothing, axis, pos_weight, epsilon, redu
                    n_threads) -> Options:
     kw = _common(from_logits, label_smoothing, epsilon, reduction, n_threads, axis)
     return Options(family="sigmoid", sparse=False, class_weight=None,
-                   pos_weight=_weights(pos_weight, "pos_weight"), ignore_class=None,
+                   pos_weight=_weights(pos_weight, "pos_weight", None), ignore_class=None,
                    z_loss=0.0, **kw)
 
 

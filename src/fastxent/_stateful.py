@@ -22,6 +22,7 @@ import numpy as np
 
 from fastxent import _dispatch
 from fastxent._options import sigmoid_options, softmax_options
+from fastxent._validation import check_dtype, check_name
 
 __all__ = [
     "BinaryCrossentropy",
@@ -44,32 +45,15 @@ def _two_sum(s: float, c: float, x: float) -> tuple[float, float]:
     return t, c
 
 
-def _check_name(name) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r}")
-    return name
-
-
-def _check_dtype(dtype):
-    if dtype is None:
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be None or a floating dtype, got {dtype!r}") from None
-    if dt.kind != "f":
-        raise TypeError(f"dtype must be None or a floating dtype, got {dtype!r}")
-    return dt.name
-
-
 class _Metric:
     """Shared state and protocol of the cross-entropy metrics (a sample-weighted mean)."""
 
     _default_name = ""
 
     def __init__(self, name, dtype, n_threads):
-        self.name = _check_name(self._default_name if name is None else name)
-        self.dtype = _check_dtype(dtype)
+        self.name = check_name(self._default_name if name is None else name)
+        dt = check_dtype(dtype)
+        self.dtype = None if dt is None else dt.name
         self.n_threads = n_threads
         self.reset_state()
 
@@ -238,7 +222,7 @@ class CategoricalCrossentropy(_SmoothedMetric):
     Parameters
     ----------
     name : str, default "categorical_crossentropy"
-    dtype : floating dtype, optional
+    dtype : {None, "float32", "float64"}, optional
         The dtype of :meth:`result` (a Python float when None).  The state is float64.
     from_logits : bool, default False
     label_smoothing : float in [0, 1], default 0
@@ -282,7 +266,7 @@ class SparseCategoricalCrossentropy(_Metric):
     Parameters
     ----------
     name : str, default "sparse_categorical_crossentropy"
-    dtype : floating dtype, optional
+    dtype : {None, "float32", "float64"}, optional
     from_logits : bool, default False
     ignore_class : int, optional
     axis : int, default -1
@@ -323,7 +307,7 @@ class BinaryCrossentropy(_SmoothedMetric):
     Parameters
     ----------
     name : str, default "binary_crossentropy"
-    dtype : floating dtype, optional
+    dtype : {None, "float32", "float64"}, optional
     from_logits : bool, default False
     label_smoothing : float in [0, 1], default 0
     axis : int, default -1
@@ -370,7 +354,7 @@ class Perplexity(_Metric):
     mask_token_id : int, optional
         Padding token: its positions count neither in the sum nor in the total weight.
     name : str, default "perplexity"
-    dtype : floating dtype, optional
+    dtype : {None, "float32", "float64"}, optional
     axis : int, default -1
         The vocabulary axis.
     n_threads : int, optional

@@ -129,6 +129,33 @@ def check_reduction(reduction) -> str:
     return "sum_over_batch_size" if reduction == "mean" else reduction
 
 
+def check_name(name) -> str:
+    """The ``name`` of a loss or metric (Keras' ``name``): a string."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string (the loss's or metric's name, as in Keras), "
+                        f"got {plain(name)!r}")
+    return name
+
+
+def check_dtype(dtype) -> np.dtype | None:
+    """A loss's or metric's ``dtype`` (Keras' ``dtype``): None, or float32 / float64 as an
+    ``np.dtype``."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype must be None, 'float32' or 'float64', got {plain(dtype)!r}"
+        ) from None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(
+            f"dtype must be None (y_pred's own dtype), 'float32' or 'float64', got "
+            f"{plain(dtype)!r}; the kernels compute in float32 or float64 only"
+        )
+    return dt
+
+
 def check_bool(value, name: str) -> bool:
     """``value`` as a Python bool; TypeError for anything but True / False (or np.bool_)."""
     if not isinstance(value, bool | np.bool_):
@@ -136,8 +163,9 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def as_weight_array(w, name: str) -> np.ndarray:
-    """Per-class weights as float64: a scalar or a 1-D array of finite numbers >= 0.
+def as_weight_array(w, name: str, max_ndim: int | None = 1) -> np.ndarray:
+    """Per-class weights as float64: a scalar or a 1-D array (``max_ndim``; None: any) of
+    finite numbers >= 0.
 
     The length is checked against the data by :func:`check_weight_vector`; this part runs in
     the class constructors too, so a bad weight fails where it is given.
@@ -148,7 +176,7 @@ def as_weight_array(w, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a scalar or a 1-D array of real numbers") from None
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
-    if arr.ndim > 1:
+    if max_ndim is not None and arr.ndim > max_ndim:
         raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):

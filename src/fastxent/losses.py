@@ -19,6 +19,7 @@ from fastxent import _dispatch
 from fastxent._interop import asarray
 from fastxent._kernels import fast_call as _fast_call
 from fastxent._options import sigmoid_options, softmax_options
+from fastxent._validation import check_dtype, check_name
 
 __all__ = [
     "categorical_crossentropy",
@@ -170,9 +171,12 @@ def binary_crossentropy(
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / 2``.
     axis : int
         The axis averaged over.
-    pos_weight : float or array_like of shape (y_pred.shape[axis],), optional
+    pos_weight : float or array_like, optional
         Weight of the positive term, as PyTorch's ``binary_cross_entropy_with_logits``:
-        ``-(pos_weight * z * log p + (1 - z) * log(1 - p))``.
+        ``-(pos_weight * z * log p + (1 - z) * log(1 - p))``.  A scalar; a 1-D array of
+        ``y_pred.shape[axis]`` entries (one per element of the class axis); or any shape that
+        broadcasts against y_pred's (PyTorch's rule: ``(C,)`` and ``(1, C)`` weigh the last
+        axis, ``(N, 1)`` each sample, ``(N, C)`` each element).
     epsilon, n_threads
         As in :func:`categorical_crossentropy`.
 
@@ -191,30 +195,6 @@ def binary_crossentropy(
         pos_weight=pos_weight, epsilon=epsilon, n_threads=n_threads,
     )
     return _dispatch.loss_and_grad(opts, y_true, y_pred)
-
-
-def _check_name(name) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a string (the loss's name, as in Keras), got {name!r}")
-    return name
-
-
-def _check_dtype(dtype):
-    """None, or float32/float64 as an ``np.dtype`` (Keras' ``dtype`` of a loss)."""
-    if dtype is None:
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(
-            f"dtype must be None, 'float32' or 'float64', got {dtype!r}"
-        ) from None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(
-            f"dtype must be None (compute in y_pred's dtype), 'float32' or 'float64', got "
-            f"{dtype!r}; the kernels compute in float32 or float64 only"
-        )
-    return dt
 
 
 def _option(name: str, doc: str) -> property:
@@ -254,8 +234,8 @@ class _Loss:
     def _set_options(self, opts, reduction, name, dtype) -> None:
         self._options = opts
         self._reduction_arg = reduction
-        self._name = _check_name(name)
-        self._dtype = _check_dtype(dtype)
+        self._name = check_name(name)
+        self._dtype = check_dtype(dtype)
 
     def _cast(self, y_pred, inplace=False):
         """y_pred in the loss's ``dtype`` (the targets follow y_pred's dtype)."""

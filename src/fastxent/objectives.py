@@ -7,7 +7,9 @@ the diagonal of the Hessian of the loss.  fastxent computes both in one pass
 * softmax (multiclass): ``grad = p - t`` and ``hess = p * (1 - p)``, ``p = softmax(raw)``;
 * sigmoid (binary): ``grad = sigmoid(raw) - z`` and ``hess = sigmoid(raw) * (1 - sigmoid(raw))``,
 
-times the sample weight, with ``t``/``z`` the (optionally label-smoothed) targets.  These
+times the sample weight, with ``t``/``z`` the (optionally label-smoothed) targets; or, with
+``focal_gamma``, the focal loss's exact gradient and Hessian diagonal
+(:func:`focal_gradient_hessian`).  These
 are per-sample derivatives (no division by the number of samples), which is what the
 boosting libraries expect.
 
@@ -50,11 +52,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastxent.focal import BinaryFocalCrossentropy, SparseCategoricalFocalCrossentropy
 from fastxent.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
 
 __all__ = [
     "softmax_gradient_hessian",
     "sigmoid_gradient_hessian",
+    "focal_gradient_hessian",
     "LightGBMObjective",
     "XGBoostObjective",
     "XGBoostSklearnObjective",
@@ -153,6 +157,16 @@ def softmax_gradient_hessian(
     array([[0.2222, 0.2222, 0.2222],
            [0.2222, 0.2222, 0.2222]])
     """
+    loss = SparseCategoricalCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, class_weight=class_weight,
+        reduction="sum", n_threads=n_threads,
+    )
+    return _multiclass(loss, labels, raw_scores, sample_weight, hessian_scale)
+
+
+def _multiclass(loss, labels, raw_scores, sample_weight, hessian_scale):
+    """``loss.gradient_hessian`` of (n_samples, n_classes) or LightGBM's flat class-major
+    raw scores, the Hessian times ``hessian_scale``."""
     scale = _check_hessian_scale(hessian_scale)
     labels = np.asarray(labels).reshape(-1)
     raw = _as_float_scores(raw_scores, "raw_scores")
@@ -165,10 +179,6 @@ def softmax_gradient_hessian(
                 f"class-major array of n_samples * n_classes values (n_samples={n})"
             )
         raw = raw.reshape(-1, n).T
-    loss = SparseCategoricalCrossentropy(
-        from_logits=True, label_smoothing=label_smoothing, class_weight=class_weight,
-        reduction="sum", n_threads=n_threads,
-    )
     grad, hess = loss.gradient_hessian(labels, raw, _sample_weight(sample_weight))
     if scale != 1.0:
         hess *= scale
@@ -213,6 +223,15 @@ def sigmoid_gradient_hessian(
     >>> g, h
     (array([-0.5,  0.5]), array([0.25, 0.25]))
     """
+    loss = BinaryCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, pos_weight=pos_weight,
+        reduction="sum", n_threads=n_threads,
+    )
+    return _binary(loss, labels, raw_scores, sample_weight)
+
+
+def _binary(loss, labels, raw_scores, sample_weight):
+    """``loss.gradient_hessian`` of one raw score per sample."""
     raw = _as_float_scores(raw_scores, "raw_scores")
     shape = raw.shape
     z = np.asarray(labels).reshape(-1, 1)
@@ -222,20 +241,101 @@ def sigmoid_gradient_hessian(
             f"labels has {z.shape[0]} entries but raw_scores has shape {shape}; a binary "
             "objective needs one raw score per sample"
         )
-    loss = BinaryCrossentropy(
-        from_logits=True, label_smoothing=label_smoothing, pos_weight=pos_weight,
-        reduction="sum", n_threads=n_threads,
-    )
     grad, hess = loss.gradient_hessian(z, col, _sample_weight(sample_weight))
     return grad.reshape(shape), hess.reshape(shape)
+
+
+def focal_gradient_hessian(
+    labels,
+    raw_scores,
+    sample_weight=None,
+    *,
+    kind: str = "multiclass",
+    gamma: float = 2.0,
+    alpha=None,
+    class_weight=None,
+    hessian_scale: float = 1.0,
+    n_threads: int | None = None,
+):
+    """Per-sample gradient and exact diagonal Hessian of a focal loss.
+
+    Parameters
+    ----------
+    labels : array_like of shape (n_samples,)
+        Class indices (multiclass) or targets in [0, 1] (binary).
+    raw_scores : ndarray
+        As in :func:`softmax_gradient_hessian` (multiclass) or
+        :func:`sigmoid_gradient_hessian` (binary).
+    sample_weight : array_like of shape (n_samples,), optional
+    kind : {"multiclass", "binary"}
+        Multiclass: ``-alpha w_y (1 - p_y)**gamma log p_y`` with ``p = softmax(raw)``
+        (:class:`~fastxent.SparseCategoricalFocalCrossentropy`); binary: Keras' binary focal
+        loss of ``sigmoid(raw)`` (:class:`~fastxent.BinaryFocalCrossentropy`).
+    gamma : float >= 0
+        0 gives the cross-entropy.
+    alpha : float, optional
+        Multiclass: the loss's factor (default 1).  Binary: the weight of the positive class
+        (``1 - alpha`` for the negative; None: no class balancing).
+    class_weight : array_like of shape (n_classes,), optional
+        Multiclass only.
+    hessian_scale : float > 0
+        Multiplies the multiclass Hessian, as in :func:`softmax_gradient_hessian`.
+    n_threads : int or None
+
+    Returns
+    -------
+    grad, hess : ndarrays of the shape and dtype of ``raw_scores``.  The Hessian is exact: it
+    is negative where the focal loss is concave (badly misclassified samples).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent.objectives import focal_gradient_hessian
+    >>> g, h = focal_gradient_hessian([1.0, 0.0], np.zeros(2), kind="binary")
+    >>> g.round(4), h.round(4)
+    (array([-0.2983,  0.2983]), array([0.3991, 0.3991]))
+    """
+    _check_kind(kind)
+    if kind == "binary":
+        if class_weight is not None:
+            raise ValueError("class_weight applies to kind='multiclass'")
+        loss = BinaryFocalCrossentropy(
+            apply_class_balancing=alpha is not None, alpha=0.25 if alpha is None else alpha,
+            gamma=gamma, from_logits=True, reduction="sum", n_threads=n_threads)
+        return _binary(loss, labels, raw_scores, sample_weight)
+    loss = SparseCategoricalFocalCrossentropy(
+        alpha=1.0 if alpha is None else alpha, gamma=gamma, from_logits=True,
+        class_weight=class_weight, reduction="sum", n_threads=n_threads)
+    return _multiclass(loss, labels, raw_scores, sample_weight, hessian_scale)
 
 
 class _Objective:
     """Options shared by the objective wrappers."""
 
     def __init__(self, kind="multiclass", *, label_smoothing=0.0, class_weight=None,
-                 pos_weight=None, hessian_scale="auto", n_threads=None):
+                 pos_weight=None, hessian_scale="auto", n_threads=None, focal_gamma=None,
+                 focal_alpha=None, hessian_floor=1e-6):
         self.kind = _check_kind(kind)
+        self.focal_gamma = focal_gamma
+        self.focal_alpha = focal_alpha
+        self.hessian_floor = hessian_floor
+        if focal_gamma is None:
+            if focal_alpha is not None:
+                raise ValueError("focal_alpha needs focal_gamma (the focal loss)")
+        else:
+            if label_smoothing:
+                raise ValueError("label_smoothing is not available with focal_gamma")
+            if pos_weight is not None:
+                raise ValueError("pos_weight is not available with focal_gamma; use "
+                                 "focal_alpha to weigh the positive class")
+            focal_gradient_hessian([0], np.zeros((1, 2)) if kind == "multiclass"
+                                   else np.zeros(1), kind=kind, gamma=focal_gamma,
+                                   alpha=focal_alpha, n_threads=n_threads)
+            if hessian_floor is not None and not (
+                    isinstance(hessian_floor, int | float) and not isinstance(hessian_floor, bool)
+                    and np.isfinite(hessian_floor) and hessian_floor >= 0):
+                raise ValueError(f"hessian_floor must be None or a finite number >= 0, got "
+                                 f"{hessian_floor!r}")
         if kind == "binary" and class_weight is not None:
             raise ValueError("class_weight applies to kind='multiclass'; use pos_weight")
         if kind == "multiclass" and pos_weight is not None:
@@ -274,12 +374,21 @@ class _Objective:
         return 1.0
 
     def _grad_hess(self, labels, raw, weight):
+        scale = self.hessian_scale
+        if self.kind == "multiclass" and scale == "auto":
+            n = np.asarray(labels).size
+            n_classes = raw.shape[-1] if raw.ndim == 2 else (raw.size // n if n else 1)
+            scale = self._auto_hessian_scale(n_classes)
+        if self.focal_gamma is not None:
+            grad, hess = focal_gradient_hessian(
+                labels, raw, weight, kind=self.kind, gamma=self.focal_gamma,
+                alpha=self.focal_alpha, class_weight=self.class_weight,
+                hessian_scale=scale if self.kind == "multiclass" else 1.0,
+                n_threads=self.n_threads)
+            if self.hessian_floor is not None:
+                np.maximum(hess, self.hessian_floor, out=hess)
+            return grad, hess
         if self.kind == "multiclass":
-            scale = self.hessian_scale
-            if scale == "auto":
-                n = np.asarray(labels).size
-                n_classes = raw.shape[-1] if raw.ndim == 2 else (raw.size // n if n else 1)
-                scale = self._auto_hessian_scale(n_classes)
             return softmax_gradient_hessian(
                 labels, raw, weight, label_smoothing=self.label_smoothing,
                 class_weight=self.class_weight,
@@ -293,7 +402,9 @@ class _Objective:
     def __repr__(self):
         opts = [f"{self.kind!r}"]
         for key, default in (("label_smoothing", 0.0), ("class_weight", None),
-                             ("pos_weight", None), ("hessian_scale", "auto"), ("n_threads", None)):
+                             ("pos_weight", None), ("hessian_scale", "auto"), ("n_threads", None),
+                             ("focal_gamma", None), ("focal_alpha", None),
+                             ("hessian_floor", 1e-6)):
             value = getattr(self, key)
             if value is None or isinstance(value, str | int | float):
                 if value == default:
@@ -326,6 +437,14 @@ class LightGBMObjective(_Objective):
         Multiplies the Hessian (multiclass only).  "auto": ``n_classes / (n_classes - 1)``,
         LightGBM's built-in ``multiclass`` convention; 1.0: the exact diagonal.
     n_threads : int or None
+    focal_gamma : float >= 0, optional
+        Boost the focal loss with this ``gamma`` (see :func:`focal_gradient_hessian`)
+        instead of the cross-entropy.
+    focal_alpha : float, optional
+        The focal loss's ``alpha`` (binary: weight of the positive class).
+    hessian_floor : float >= 0 or None
+        Focal objectives only: the Hessian is floored at this value (the focal loss's exact
+        Hessian is negative for badly misclassified samples); None keeps it exact.
 
     Examples
     --------

@@ -188,7 +188,8 @@ def _fastxent(kind, x, y, threads, variant):
             return fx.sparse_categorical_crossentropy(y, x, from_logits=True, n_threads=threads)
         return Candidate(functional, lambda out: (float(np.mean(out, dtype=np.float64)), None))
     cls = {"sparse": fx.SparseCategoricalCrossentropy, "categorical": fx.CategoricalCrossentropy,
-           "binary": fx.BinaryCrossentropy}[kind]
+           "binary": fx.BinaryCrossentropy, "sparse_focal": fx.SparseCategoricalFocalCrossentropy,
+           "binary_focal": fx.BinaryFocalCrossentropy, "kl": fx.KLDivergence}[kind]
     loss = cls(from_logits=True, n_threads=threads)  # reused across calls, as in training
     return Candidate(lambda: loss.loss_and_grad(y, x),
                      lambda out: (float(out[0]), sample(out[1], kind)))
@@ -223,9 +224,23 @@ def _sklearn(kind, x, y, threads):
 
 
 def _torch(kind, x, y, threads):
+    import torch
     import torch.nn.functional as F
 
     loss_of = F.binary_cross_entropy_with_logits if kind == "binary" else F.cross_entropy
+    if kind == "sparse_focal":  # Keras' defaults: alpha 0.25, gamma 2
+        def loss_of(logits, labels):
+            logp = torch.log_softmax(logits, 1).gather(1, labels[:, None])[:, 0]
+            return torch.mean(-0.25 * (1 - torch.exp(logp)) ** 2 * logp)
+    elif kind == "binary_focal":  # torchvision's sigmoid_focal_loss without alpha
+        def loss_of(logits, targets):
+            p = torch.sigmoid(logits)
+            ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            p_t = p * targets + (1 - p) * (1 - targets)
+            return torch.mean(ce * (1 - p_t) ** 2)
+    elif kind == "kl":
+        def loss_of(logits, targets):
+            return F.kl_div(torch.log_softmax(logits, 1), targets, reduction="batchmean")
     return torch_step(loss_of, kind, x, y, threads)
 
 
@@ -260,9 +275,24 @@ def _jax(kind, x, y):
     elif kind == "categorical":
         def loss_of(logits, targets):
             return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1))
-    else:
+    elif kind == "binary":
         def loss_of(logits, targets):
             return jnp.mean(jax.nn.softplus(logits) - targets * logits)
+    elif kind == "sparse_focal":
+        def loss_of(logits, labels):
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=1), labels[:, None],
+                                       axis=1)[:, 0]
+            return jnp.mean(-0.25 * (1 - jnp.exp(logp)) ** 2 * logp)
+    elif kind == "binary_focal":
+        def loss_of(logits, targets):
+            p = jax.nn.sigmoid(logits)
+            ce = jax.nn.softplus(logits) - targets * logits
+            p_t = p * targets + (1 - p) * (1 - targets)
+            return jnp.mean(ce * (1 - p_t) ** 2)
+    else:  # kl
+        def loss_of(logits, targets):
+            ent = jnp.sum(jnp.where(targets > 0, targets * jnp.log(targets), 0.0), axis=1)
+            return jnp.mean(ent - jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1))
 
     value_and_grad = jax.jit(jax.value_and_grad(loss_of))  # compiled by the warm-up call
     xj = jax.device_put(x)  # the data lives in JAX before the timing, as in a JAX program

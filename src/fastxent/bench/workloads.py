@@ -76,7 +76,9 @@ class Workload:
     group : str
         The group's name, as given to ``--only`` / ``--workloads``.
     kind : str
-        ``"sparse"``, ``"categorical"`` or ``"binary"`` (all from logits).
+        ``"sparse"``, ``"categorical"`` or ``"binary"`` (all from logits); the focal group's
+        ``"sparse_focal"``, ``"binary_focal"`` (Keras' defaults: alpha 0.25, gamma 2) and
+        ``"kl"`` (KL divergence from logits).
     shape : tuple of int
         Shape of the logits.
     dtype : str
@@ -119,6 +121,9 @@ class Workload:
             "sparse": "sparse",
             "categorical": "categorical (probability targets)",
             "binary": "binary from logits",
+            "sparse_focal": "sparse focal (gamma 2)",
+            "binary_focal": "binary focal (gamma 2)",
+            "kl": "KL divergence from logits",
         }[self.kind]
         shape = " x ".join(f"{s:,}" for s in self.shape)
         if self.kind == "binary" and len(self.shape) == 1:
@@ -179,6 +184,10 @@ _GROUPS = {
                        (Target("roofline", 2),), {})
                       for full, tiny in (((1_000_000, 10), (2000, 10)),
                                          ((10_000_000, 1), (20_000, 1)))],
+    "focal": [(kind, _SPARSE_MAIN, "float32",
+               (Target("roofline", 2), Target("torch", 1), Target("jax", 1)),
+               {"peers": ("torch", "jax")})
+              for kind in ("sparse_focal", "binary_focal", "kl")],
     "busy-core": [("sparse", _SPARSE_MAIN, "float32", (Target("busy", 1.1),),
                    {"peers": (), "busy": True})],
     "avx2": [("sparse", _SPARSE_MAIN, "float32", (Target("avx2", 1.3),),
@@ -201,6 +210,7 @@ GROUP_HELP = {
     "small": "minibatch training: small calls, class and functional form",
     "in-cache": "sparse labels, logits that fit in the cache",
     "binary-shapes": "binary from logits as 2-D arrays",
+    "focal": "sparse focal, binary focal and KL divergence from logits",
     "busy-core": "1 and 2 threads while another process spins a core",
     "avx2": "fastxent forced onto its AVX2 path against its default path",
     "plot": "effective bandwidth against the number of classes (PNG)",
@@ -256,8 +266,8 @@ def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
     Parameters
     ----------
     kind : str
-        ``"sparse"`` (integer labels), ``"categorical"`` (probability rows) or ``"binary"``
-        (0/1 floats).
+        ``"sparse"`` / ``"sparse_focal"`` (integer labels), ``"categorical"`` / ``"kl"``
+        (probability rows) or ``"binary"`` / ``"binary_focal"`` (0/1 floats).
     shape : tuple of int
     dtype : str or numpy.dtype
     seed : int
@@ -270,14 +280,14 @@ def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     x = rng.standard_normal(shape, dtype=dtype)
-    if kind == "sparse":
+    if kind in ("sparse", "sparse_focal"):
         y = rng.integers(0, shape[-1], shape[:-1])
-    elif kind == "categorical":
+    elif kind in ("categorical", "kl"):
         y = rng.standard_normal(shape, dtype=dtype)
         y -= y.max(axis=-1, keepdims=True)
         np.exp(y, out=y)
         y /= y.sum(axis=-1, keepdims=True)
-    elif kind == "binary":
+    elif kind in ("binary", "binary_focal"):
         y = (rng.random(shape) < 0.5).astype(dtype)
     else:
         raise ValueError(f"kind must be 'sparse', 'categorical' or 'binary', got {kind!r}")
