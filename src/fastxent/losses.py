@@ -18,6 +18,7 @@ import numpy as np
 from fastxent import _dispatch
 from fastxent._kernels import fast_call as _fast_call
 from fastxent._options import sigmoid_options, softmax_options
+from fastxent._validation import is_bfloat16
 
 __all__ = [
     "categorical_crossentropy",
@@ -267,8 +268,8 @@ class _Loss:
                 "construct the loss with dtype=None"
             )
         arr = np.asarray(y_pred)
-        if arr.dtype.kind != "f":  # keep the dtype errors (and the swapped-arguments hint)
-            return y_pred
+        if arr.dtype.kind != "f" and not is_bfloat16(arr.dtype):
+            return y_pred  # keep the dtype errors (and the swapped-arguments hint)
         return arr.astype(dt)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
