@@ -251,8 +251,9 @@ cdef int64_t run_job(fx_job *J, bint softmax, bint release) except? -2:
 cdef void fill_job(fx_job *J, int code, int target_code, bint from_logits, int n_threads,
                    int64_t n_rows, int64_t n_cols, const void *x, void *grad, void *hess,
                    const void *target, const int64_t *labels, const double *gscale,
-                   double *loss, double *lse, double keep, double spread, double zloss, double eps, double gs0,
-                   object class_weight, object pos_weight, object ignore_class):
+                   double *loss, double *lse, double keep, double spread, double zloss,
+                   double eps, double gs0, object class_weight, object pos_weight,
+                   object ignore_class):
     """Every field of a kernel call, named (the one place a job is filled in).
 
     ``code`` / ``target_code``: the kernels' codes of x's and the target's dtypes."""
