@@ -299,6 +299,32 @@ def test_long_rows_match_oracle(dtype, rng):
     assert_within_ulp(grad, exp_grad, dtype, "binary gradient", cancellation=True)
 
 
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
+def test_long_binary_rows_are_chunked_like_float32(from_logits, dtype, rng):
+    """Binary rows of 262,144 elements or more: the float32 runner's fixed chunks, shared by
+    the threads, each widened on its own; the same bits as the float32 results."""
+    for shape in ((2, 300_007), (600_000,)):
+        z, x = make_case("binary", from_logits, dtype, (1, int(np.prod(shape))), rng,
+                         specials=False)
+        z, x = z.reshape(shape), x.reshape(shape)
+        z32, x32 = z.astype(np.float32), x.astype(np.float32)
+        for n_threads in (1, 2):
+            # "sum": the float64 sum of the rows' float64 losses, which shows how a row's
+            # elementwise losses were added
+            loss = fx.BinaryCrossentropy(from_logits=from_logits, n_threads=n_threads,
+                                         reduction="sum")
+            value, grad = loss.loss_and_grad(z, x)
+            v32, g32 = loss.loss_and_grad(z32, x32)
+            np.testing.assert_array_equal(value, v32)
+            np.testing.assert_array_equal(grad.view(np.uint16),
+                                          g32.astype(dtype).view(np.uint16))
+            if from_logits:
+                g, h = loss.gradient_hessian(z, x)
+                g32, h32 = loss.gradient_hessian(z32, x32)
+                np.testing.assert_array_equal(h.view(np.uint16),
+                                              h32.astype(dtype).view(np.uint16))
+
+
 # ------------------------------------------------------------------ targets
 
 
