@@ -325,6 +325,33 @@ def test_long_binary_rows_are_chunked_like_float32(from_logits, dtype, rng):
                                               h32.astype(dtype).view(np.uint16))
 
 
+@pytest.mark.parametrize("kind", ["sparse_categorical", "categorical"])
+def test_long_softmax_rows_are_chunked_like_float32(kind, dtype, rng):
+    """Softmax rows of 262,144 elements or more: the float32 runner's chunks, statistics and
+    ordered merge; the same bits as the float32 results (losses summed in float64)."""
+    y, x = make_case(kind, True, dtype, (4, 300_007), rng)
+    y, x = y[1:], x[1:]  # masked classes in the first row (the NaN row would hide the sums)
+    y32 = y if kind == "sparse_categorical" else y.astype(np.float32)
+    x32 = x.astype(np.float32)
+    cw = rng.uniform(0.5, 2.0, 300_007)
+    for opts in ({}, {"label_smoothing": 0.1, "class_weight": cw, "z_loss": 1e-3}):
+        for n_threads in (1, 2):
+            loss = CLASSES[kind](from_logits=True, n_threads=n_threads, reduction="sum",
+                                 **opts)
+            value, grad = loss.loss_and_grad(y, x)
+            v32, g32 = loss.loss_and_grad(y32, x32)
+            assert same_float(value, v32)
+            np.testing.assert_array_equal(grad.view(np.uint16),
+                                          g32.astype(dtype).view(np.uint16))
+            if kind == "sparse_categorical":
+                labels = np.array(y)
+                labels[2] = 7
+                ign = CLASSES[kind](from_logits=True, n_threads=n_threads, ignore_class=7,
+                                    reduction="none", **opts)
+                v, g = ign.loss_and_grad(labels, x)
+                assert v[2] == 0 and not g[2].astype(np.float32).any()
+
+
 # ------------------------------------------------------------------ targets
 
 
