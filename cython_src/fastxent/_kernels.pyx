@@ -629,27 +629,25 @@ def elementary(str name, x, double shift=0.0):
     return out
 
 
-def convert(str name, bits_or_values):
+def convert(str name, values):
     """The kernels' conversions element by element, for tests/test_lowp.py: "f16_to_f32" and
     "bf16_to_f32" widen uint16 bit patterns to float32; "f32_to_f16" and "f32_to_bf16" narrow
     float32 values to uint16 bit patterns (rounded to nearest even)."""
-    cdef Py_ssize_t i
-    cdef unsigned short[::1] h
-    cdef float[::1] f
-    if name in ("f16_to_f32", "bf16_to_f32"):
-        src = np.ascontiguousarray(bits_or_values, dtype=np.uint16)
-        out = np.empty(src.shape[0], dtype=np.float32)
-        h = src
-        f = out
-        for i in range(h.shape[0]):
-            f[i] = fx_f16_to_f32(h[i]) if name == "f16_to_f32" else fx_bf16_to_f32(h[i])
-        return out
-    if name not in ("f32_to_f16", "f32_to_bf16"):
+    if name not in ("f16_to_f32", "bf16_to_f32", "f32_to_f16", "f32_to_bf16"):
         raise ValueError(f"unknown conversion {name!r}")
-    src = np.ascontiguousarray(bits_or_values, dtype=np.float32)
-    out = np.empty(src.shape[0], dtype=np.uint16)
-    f = src
-    h = out
-    for i in range(f.shape[0]):
-        h[i] = fx_f32_to_f16(f[i]) if name == "f32_to_f16" else fx_f32_to_bf16(f[i])
+    cdef bint widen = name.endswith("_to_f32")
+    src = np.ascontiguousarray(values, dtype=np.uint16 if widen else np.float32)
+    out = np.empty(src.shape[0], dtype=np.float32 if widen else np.uint16)
+    cdef unsigned short[::1] h = src if widen else out
+    cdef float[::1] f = out if widen else src
+    cdef Py_ssize_t i
+    for i in range(h.shape[0]):
+        if name == "f16_to_f32":
+            f[i] = fx_f16_to_f32(h[i])
+        elif name == "bf16_to_f32":
+            f[i] = fx_bf16_to_f32(h[i])
+        elif name == "f32_to_f16":
+            h[i] = fx_f32_to_f16(f[i])
+        else:
+            h[i] = fx_f32_to_bf16(f[i])
     return out
