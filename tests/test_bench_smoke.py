@@ -6,6 +6,7 @@ gradient as the oracle, and that the "met" verdicts follow the goals' definition
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import re
@@ -21,6 +22,7 @@ from fastxent.bench import cli, linear, peers, report, timing
 from fastxent.bench.workloads import GROUP_NAMES, Target, make_data, workloads
 
 AVX2 = "avx2" in fx.available_isas()
+ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
 # (workload group, role, threads) of every row of a tiny run with --threads 2
 EXPECTED_ROWS = [
     ("sparse", "main", 2), ("sparse", "threads", 1), ("vocab", "main", 2),
@@ -31,6 +33,9 @@ EXPECTED_ROWS = [
     ("in-cache", "main", 2), ("in-cache", "main", 2),
     ("binary-shapes", "main", 2), ("binary-shapes", "main", 2),
     ("focal", "main", 2), ("focal", "main", 2), ("focal", "main", 2),
+    # float16 / bfloat16 beside the same values in float32 (bfloat16 rows need ml_dtypes)
+    *[("low-precision", role, 2) for _ in range(2) for dtype in ("bfloat16", "float16")
+      if dtype == "float16" or ML_DTYPES for role in ("main", "float32")],
     ("busy-core", "main", 1), ("busy-core", "busy", 2),
 ] + [("avx2", role, 2) for _ in range(4) for role in ("main", "avx2") if AVX2]
 UNSHIPPABLE = re.compile(r"\b(issues?|tickets?|sessions?|MISS)\b", re.IGNORECASE)
@@ -59,7 +64,7 @@ def tiny_run(tmp_path_factory):
 
 def _table_rows(text):
     return [line for line in text.splitlines()
-            if line.startswith("| ") and " float" in line.split("|")[1]]
+            if line.startswith("| ") and re.search(r" b?float", line.split("|")[1])]
 
 
 class TestTinyRun:
@@ -102,7 +107,8 @@ class TestTinyRun:
                  ">= 4x faster than PyTorch", "2 threads >= 1.7x faster than 1",
                  ">= 3x faster than NumPy", "faster than JAX; faster than PyTorch",
                  "functional form <= 2x the class call", ">= 1.3x faster than JAX",
-                 "2 threads <= 1.1x the time of 1 thread while a core is busy"]
+                 "2 threads <= 1.1x the time of 1 thread while a core is busy",
+                 "<= 1.4x the copy roofline", ">= 1.5x faster than fastxent float32"]
         if AVX2:
             goals.append("AVX2 path <= 1.3x the time of the default path")
         for goal in goals:

@@ -15,13 +15,13 @@ accumulation lanes.
 
 import numpy as np
 import pytest
-from util import CLASSES, FUNCTIONS, logits, probabilities
+from util import CLASSES, FUNCTIONS, logits, low_precision_dtypes, probabilities
 
 import fastxent as fx
 
 N_THREADS = (1, 2, 3, 4)
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight")
-DTYPES = (np.float32, np.float64)
+DTYPES = (np.float32, np.float64, *low_precision_dtypes())  # float16 / bfloat16: float32 inside
 # (rows, classes), one per kernel path (README "Kernels"): three 32768-element blocks of rows
 # (more than 1 and 2 threads, fewer than 4) with ragged lanes; one row per block; very short
 # rows (softmax: groups of 32 rows transposed; binary: flat chunks); rows of 262,144 elements
@@ -33,9 +33,9 @@ SHAPES = ((300, 257), (3, 40_003), (25_000, 3), (2, 300_007))
 def bits(value):
     """(NaN mask, raw bits with NaNs zeroed) of a float, 0-d or n-d array."""
     a = np.ascontiguousarray(np.asarray(value))
-    assert a.dtype in (np.float32, np.float64), a.dtype
+    assert a.dtype in DTYPES, a.dtype
     nan = np.isnan(a)
-    raw = a.view(np.uint32 if a.dtype == np.float32 else np.uint64).copy()
+    raw = a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]).copy()
     raw[nan] = 0
     return nan, raw
 
@@ -217,7 +217,7 @@ def test_set_isa_contract(restore_isa):
     assert fx.get_isa() == isas[-1]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
 def test_linear_cross_entropy_and_perplexity_bitwise_identical(dtype, rng):
     """The fused linear cross-entropy (logits never formed) and perplexity: the same bits for
     n_threads 1..4 and a repeated call, with blocks small enough that every thread gets

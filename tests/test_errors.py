@@ -52,16 +52,18 @@ def each_entry_point(kind, **options):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    "bad_dtype", [np.float16, np.int32, np.int64, np.bool_, np.complex128, np.uint8]
+    "bad_dtype", [np.longdouble, np.int32, np.int64, np.bool_, np.complex128, np.uint8]
 )
 def test_y_pred_dtype(kind, bad_dtype):
     y, x = good_inputs(kind)
     xb = x.astype(bad_dtype)
     for run in each_entry_point(kind, from_logits=True):
-        with pytest.raises(TypeError, match="y_pred") as info:
+        with pytest.raises(
+            TypeError,
+            match=rf"y_pred must have dtype float32, float64, float16 or bfloat16, got "
+                  rf"{np.dtype(bad_dtype)}",
+        ):
             run(y, xb)
-        message = str(info.value)
-        assert "float32" in message and "float64" in message, message
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import reference as R
 from hypothesis import HealthCheck, given, settings
-from util import CLASSES, FUNCTIONS, unaligned
+from util import CLASSES, FUNCTIONS, low_precision_dtypes, result_dtype, unaligned
 
 import fastxent as fx
 
@@ -65,10 +65,13 @@ KINDS = tuple(CLASSES)
 ENTRIES = ("function", "call", "loss_and_grad", "gradient", "gradient_hessian")
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
+# float16 / bfloat16 gradients: within one unit in the last place (2**-10, 2**-7 relative)
+LOWP = low_precision_dtypes()
+RTOL.update({d: (1e-3 if d == np.float16 else 8e-3) for d in LOWP})
 
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
-# every dtype that is not float32/float64: refused for y_pred
-BAD_PRED_DTYPES = ("bool", *INT_DTYPES, "float16", "longdouble", "complex64", "complex128",
+# every dtype that is not float32/float64/float16/bfloat16: refused for y_pred
+BAD_PRED_DTYPES = ("bool", *INT_DTYPES, "longdouble", "complex64", "complex128",
                    "object", "U8", "S8", "datetime64[s]", "timedelta64[ms]")
 # refused for targets / labels / weights (bool and integers are accepted there)
 NON_NUMERIC_DTYPES = ("complex64", "complex128", "object", "U8", "S8", "datetime64[s]",
@@ -179,12 +182,14 @@ def _layout(draw, x):
 
 
 @st.composite
-def valid_cases(draw, entries=ENTRIES):
+def valid_cases(draw, entries=ENTRIES, dtypes=(np.float32, np.float64)):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     kind = draw(st.sampled_from(KINDS))
     entry = draw(st.sampled_from(entries))
-    dtype = np.dtype(draw(st.sampled_from((np.float32, np.float64))))
+    dtype = np.dtype(draw(st.sampled_from(dtypes)))
+    # float16 / bfloat16 cases are drawn in float32, then rounded (inf beyond float16's range)
+    draw_dtype = np.dtype(np.float32) if dtype in LOWP else dtype
     shape, axis = draw(shapes())
     from_logits = True if entry == "gradient_hessian" else draw(st.booleans())
     n_classes = shape[axis]
@@ -192,7 +197,8 @@ def valid_cases(draw, entries=ENTRIES):
 
     # ---- y_pred
     if from_logits:
-        x = (rng.standard_normal(shape) * draw(st.sampled_from((1.0, 5.0, 50.0)))).astype(dtype)
+        x = (rng.standard_normal(shape) * draw(st.sampled_from((1.0, 5.0, 50.0)))).astype(
+            draw_dtype)
         specials = LOGIT_SPECIALS
         if kind == "binary":  # see test_binary_infinite_logits_give_the_limits
             specials = tuple(v for v in specials if not np.isinf(v))
@@ -201,8 +207,10 @@ def valid_cases(draw, entries=ENTRIES):
         x = rng.uniform(0.0, 1.0, size=shape)
         if draw(st.booleans()) and x.size:
             x = x / x.sum(axis=axis, keepdims=True)
-        x = x.astype(dtype)
+        x = x.astype(draw_dtype)
         _place_specials(draw, rng, x, PROB_SPECIALS)
+    with np.errstate(over="ignore"):
+        x = x.astype(dtype)
 
     # ---- options
     opts = {"from_logits": from_logits, "axis": axis}
@@ -272,7 +280,9 @@ def valid_cases(draw, entries=ENTRIES):
                 t[np.abs(t) > 6e4] = 2.0  # keep float16 finite where it was finite
         with np.errstate(invalid="ignore"):
             y = t.astype(t_dtype) if t_dtype.kind == "f" else (t > 0.5).astype(t_dtype)
-        oracle_y = y.astype(dtype)  # documented: targets are converted to y_pred's dtype
+        # documented: targets are converted to y_pred's dtype (float32 ones are read as they
+        # are beside float16 / bfloat16)
+        oracle_y = y if (dtype in LOWP and y.dtype == np.float32) else y.astype(dtype)
         if kind == "binary" and len(shape) == 2 and shape[-1] == 1 and draw(st.booleans()):
             # Keras' squeeze_or_expand_to_same_rank expands a (batch,) y_true for (batch, 1);
             # at higher ranks it squeezes y_pred instead (tests/test_keras_parity.py)
@@ -584,13 +594,19 @@ def run(case: Case):
 
 def oracle(case: Case):
     """(loss, grad) from the float64 oracle for a valid case."""
-    # in y_pred's own dtype: the oracle rounds the probability clip's bounds to it
+    # in y_pred's own dtype: the oracle rounds the probability clip's bounds to it (float32,
+    # the dtype computed in, for float16 / bfloat16: the oracle sees their float32 values)
     x = np.asarray(case.x) if not case.inplace else case.x_before
+    oracle_y = case.oracle_y
+    if case.dtype in LOWP:
+        x = x.astype(np.float32)
+        if case.kind != "sparse_categorical":
+            oracle_y = np.asarray(oracle_y).astype(np.float32)
     opts = {k: v for k, v in case.opts.items() if k != "n_threads"}
     with np.errstate(all="ignore"):
         if case.entry == "function":
-            return R.per_sample(case.kind, case.oracle_y, x, **opts), None
-        return R.reference_loss_and_grad(case.kind, case.oracle_y, x, case.oracle_sw,
+            return R.per_sample(case.kind, oracle_y, x, **opts), None
+        return R.reference_loss_and_grad(case.kind, oracle_y, x, case.oracle_sw,
                                          reduction=case.reduction, **opts)
 
 
@@ -620,8 +636,8 @@ def assert_matches(actual, expected, dtype, what):
     if not fin.any():
         return
     scale = max(1.0, float(np.max(np.abs(e[fin]))))
-    # float32 subnormals and values near the rounding boundary: an absolute floor too
-    atol = rtol * scale + (1e-37 if np.dtype(dtype) == np.float32 else 1e-300)
+    # subnormals and values near the rounding boundary: an absolute floor too
+    atol = rtol * scale + {"float64": 1e-300, "float16": 6e-8}.get(np.dtype(dtype).name, 1e-37)
     err = np.abs(a[fin] - e[fin])
     ok = err <= rtol * np.abs(e[fin]) + atol
     if not ok.all():
@@ -666,21 +682,22 @@ def check(case: Case):
 
     loss_exp, grad_exp = oracle(case)
     dtype = case.dtype
+    ldtype = result_dtype(dtype)  # per-sample losses: float32 for float16 / bfloat16
     out_shape = _batch_shape(case.pred_shape, case.axis)
     if case.entry == "function":
-        assert isinstance(result, np.ndarray) and result.dtype == dtype, type(result)
+        assert isinstance(result, np.ndarray) and result.dtype == ldtype, type(result)
         assert result.shape == out_shape
-        assert_matches(result, _as_output(loss_exp, dtype), dtype, "per-sample loss")
+        assert_matches(result, _as_output(loss_exp, ldtype), ldtype, "per-sample loss")
         return "ok"
     if case.entry in ("call", "loss_and_grad"):
         loss = result if case.entry == "call" else result[0]
         if case.reduction == "none":
-            assert isinstance(loss, np.ndarray) and loss.dtype == dtype
+            assert isinstance(loss, np.ndarray) and loss.dtype == ldtype
             assert loss.shape == out_shape
-            assert_matches(loss, _as_output(loss_exp, dtype), dtype, "loss (none)")
+            assert_matches(loss, _as_output(loss_exp, ldtype), ldtype, "loss (none)")
         else:
             assert type(loss) is float, type(loss)
-            assert_matches(loss, loss_exp, dtype, f"loss ({case.reduction})")
+            assert_matches(loss, loss_exp, ldtype, f"loss ({case.reduction})")
     if case.entry == "call":
         return "ok"
     if case.entry == "loss_and_grad":
@@ -716,7 +733,7 @@ def describe(case: Case) -> str:
 
 
 # --------------------------------------------------------------------------- tests
-# max_examples: 2,000 + 2,000 + 1,000 = 5,000 in CI.
+# max_examples: 2,000 + 2,000 + 1,000 = 5,000 in CI, and 600 + 300 of float16 / bfloat16.
 
 
 @settings(PROFILE, max_examples=examples(2000))
@@ -731,6 +748,22 @@ def test_valid_hostile_values_match_oracle(case):
 @given(data=st.data())
 def test_one_corruption_raises_named_error(data):
     case = data.draw(valid_cases())
+    case.notes.append(data.draw(corruptions(case)))
+    assert check(case) == "raised"
+
+
+@settings(PROFILE, max_examples=examples(600))
+@given(case=valid_cases(dtypes=LOWP))
+def test_valid_low_precision_match_oracle(case):
+    """float16 / bfloat16 y_pred: the float64 oracle on their float32 values, the gradient
+    within one unit in the last place of its dtype, per-sample losses in float32."""
+    assert check(case) == "ok"
+
+
+@settings(PROFILE, max_examples=examples(300))
+@given(data=st.data())
+def test_one_corruption_low_precision_raises_named_error(data):
+    case = data.draw(valid_cases(dtypes=LOWP))
     case.notes.append(data.draw(corruptions(case)))
     assert check(case) == "raised"
 

@@ -515,7 +515,8 @@ def test_perplexity_exact_values_and_edges():
 
 
 def test_perplexity_errors():
-    with pytest.raises(TypeError, match="y_pred must have dtype float32 or float64"):
+    with pytest.raises(TypeError,
+                       match="y_pred must have dtype float32, float64, float16 or bfloat16"):
         perplexity([0], np.zeros((1, 3), dtype=np.int32))
     # (the engine currently prints the label as np.int64(3): reported to the lead)
     with pytest.raises(ValueError, match=r"y_true: label .*3.* at position \(0,\) is outside"):

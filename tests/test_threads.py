@@ -86,7 +86,7 @@ def make_tasks(rng):
         ("function categorical", lambda b: fx.categorical_crossentropy(
             soft, p64, label_smoothing=0.2), None),
         ("function binary", lambda b: fx.binary_crossentropy(zb, xb, from_logits=True), None),
-        ("wrong dtype", lambda b: sparse1(labels, x32.astype(np.float16)), TypeError),
+        ("wrong dtype", lambda b: sparse1(labels, x32.astype(np.int32)), TypeError),
         ("sparse focal lag", lambda b: sfocal.loss_and_grad(labels_ignore, x32, sw), None),
         ("sparse focal hessian", lambda b: tuple(sfocal.gradient_hessian(labels_ignore, x64)),
          None),

@@ -19,6 +19,24 @@ DTYPES = (np.float32, np.float64)
 RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
 
 
+def low_precision_dtypes():
+    """float16, and bfloat16 when ml_dtypes is installed (an optional extra)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return (np.dtype(np.float16),)
+    return (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+def is_low_precision(dtype) -> bool:
+    return np.dtype(dtype).name in ("float16", "bfloat16")
+
+
+def result_dtype(dtype):
+    """The dtype of per-sample losses for y_pred of ``dtype`` (float32 for low precision)."""
+    return np.dtype(np.float32) if is_low_precision(dtype) else np.dtype(dtype)
+
+
 def rtol_for(dtype):
     return RTOL[np.dtype(dtype)]
 

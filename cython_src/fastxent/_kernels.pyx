@@ -21,14 +21,17 @@ from libc.string cimport memset
 
 from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
 from fastxent._xent cimport (
-    FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK, FX_SPLIT_MIN,
-    fx_binary_focal, fx_xlogx,
-    fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_get_isa, fx_job,
+    FX_BFLOAT16, FX_FLOAT16, FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK,
+    FX_SPLIT_MIN, fx_bf16_to_f32, fx_binary_focal, fx_cpu_isa_level, fx_dot_lanes,
+    fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16, fx_f32_to_f16, fx_get_isa,
+    fx_job,
     fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_round_float, fx_set_isa, fx_sigmoid,
-    fx_softmax,
+    fx_softmax, fx_xlogx,
 )
 
 import numpy as np
+
+from fastxent._validation import is_bfloat16
 
 cnp.import_array()
 
@@ -189,11 +192,49 @@ def weighted_total(cnp.ndarray values, weights=None):
 
 
 # ------------------------------------------------------------------------------------------
+# Element types
+# ------------------------------------------------------------------------------------------
+
+cdef extern from "numpy/arrayobject.h":
+    enum: NPY_USERDEF   # the first number NumPy gives a dtype registered at run time
+
+# NumPy's number of ml_dtypes.bfloat16 (a dtype registered at run time), once an array of it
+# has been seen; fastxent never imports ml_dtypes itself
+cdef int _bfloat16_num = -1
+
+
+cdef int kernel_dtype(cnp.ndarray a) except? -2:
+    """The kernels' code of a's dtype (FX_FLOAT32 ...), or -1 for a dtype they do not read."""
+    global _bfloat16_num
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if typenum == cnp.NPY_FLOAT32:
+        return FX_FLOAT32
+    if typenum == cnp.NPY_FLOAT64:
+        return FX_FLOAT64
+    if typenum == cnp.NPY_FLOAT16:
+        return FX_FLOAT16
+    if typenum == _bfloat16_num:
+        return FX_BFLOAT16
+    if typenum >= NPY_USERDEF and _bfloat16_num < 0 and is_bfloat16(a.dtype):
+        _bfloat16_num = typenum
+        return FX_BFLOAT16
+    return -1
+
+
+cdef inline size_t itemsize_of(int typenum):
+    return 8 if typenum == cnp.NPY_FLOAT64 else (4 if typenum == cnp.NPY_FLOAT32 else 2)
+
+
+# ------------------------------------------------------------------------------------------
 # Kernels on laid-out rows
 # ------------------------------------------------------------------------------------------
 
 cdef inline void *data_or_null(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline int code_or_none(object a) except? -2:
+    return -1 if a is None else kernel_dtype(<cnp.ndarray>a)
 
 
 cdef int64_t run_job(fx_job *J, bint softmax, bint release) except? -2:
@@ -208,14 +249,18 @@ cdef int64_t run_job(fx_job *J, bint softmax, bint release) except? -2:
     return ret
 
 
-cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int64_t n_rows,
-                   int64_t n_cols, const void *x, void *grad, void *hess, const void *target,
-                   const int64_t *labels, const double *gscale, double *loss, double *lse,
-                   double keep, double spread, double zloss, double eps, double gs0,
-                   object class_weight, object pos_weight, object ignore_class,
-                   int row_fn=0, double row_a=0.0, double row_b=0.0, double row_c=0.0):
-    """Every field of a kernel call, named (the one place a job is filled in)."""
-    J.dtype = FX_FLOAT32 if typenum == cnp.NPY_FLOAT32 else FX_FLOAT64
+cdef void fill_job(fx_job *J, int code, int target_code, bint from_logits, int n_threads,
+                   int64_t n_rows, int64_t n_cols, const void *x, void *grad, void *hess,
+                   const void *target, const int64_t *labels, const double *gscale,
+                   double *loss, double *lse, double keep, double spread, double zloss,
+                   double eps, double gs0, object class_weight, object pos_weight,
+                   object ignore_class, int row_fn=0, double row_a=0.0, double row_b=0.0,
+                   double row_c=0.0):
+    """Every field of a kernel call, named (the one place a job is filled in).
+
+    ``code`` / ``target_code``: the kernels' codes of x's and the target's dtypes."""
+    J.dtype = code
+    J.target_dtype = target_code
     J.from_logits = from_logits
     J.n_threads = n_threads
     J.n_rows = n_rows
@@ -232,8 +277,9 @@ cdef void fill_job(fx_job *J, int typenum, bint from_logits, int n_threads, int6
     J.P.spread = spread
     J.P.zloss = zloss
     # Keras' clip [eps, 1 - eps] of probabilities: 1 - eps computed in Python, then both bounds
-    # cast to the data's dtype (float32: 1 - 1e-7 rounds to 1 - 2**-23)
-    if typenum == cnp.NPY_FLOAT32:
+    # cast to the data's dtype (float32: 1 - 1e-7 rounds to 1 - 2**-23); low-precision data is
+    # computed in float32, and clipped as float32 data is
+    if code != FX_FLOAT64:
         J.P.eps = fx_round_float(eps)
         J.P.eps_hi = fx_round_float(1.0 - eps)
     else:
@@ -271,7 +317,8 @@ def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
     loss written is still ``-log p_y``.
     """
     cdef fx_job J
-    fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
+    fill_job(&J, kernel_dtype(x), code_or_none(target), from_logits, n_threads,
+             cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), data_or_null(target), <const int64_t *>data_or_null(labels),
              opt_ptr(gscale), <double *>cnp.PyArray_DATA(loss), <double *>data_or_null(lse),
@@ -286,12 +333,21 @@ def sigmoid(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale
     """Mean over each row of the elementwise binary cross-entropy; gradient (and, from
     logits, the Hessian diagonal) scaled by ``gs0 * gscale[row] / row length``."""
     cdef fx_job J
-    fill_job(&J, cnp.PyArray_TYPE(x), from_logits, n_threads, cnp.PyArray_DIM(x, 0),
+    fill_job(&J, kernel_dtype(x), kernel_dtype(target), from_logits, n_threads,
+             cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
              <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, eps, gs0, None,
              pos_weight, None)
     run_job(&J, False, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
+
+
+cdef int float_code(cnp.ndarray a) except -2:
+    """The kernel code of a float32 / float64 buffer (the kernels that read only these)."""
+    cdef int code = kernel_dtype(a)
+    if code != FX_FLOAT32 and code != FX_FLOAT64:
+        raise TypeError(f"this kernel reads float32 or float64 data, got {a.dtype}")
+    return code
 
 
 def binary_focal(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale,
@@ -301,7 +357,7 @@ def binary_focal(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, g
     gradient and Hessian diagonal (None: not wanted) scaled by ``gs0 * gscale[row] / n``.
     ``a1`` / ``a0`` weigh positives / negatives (1 and 1 without class balancing)."""
     cdef fx_job J
-    fill_job(&J, cnp.PyArray_TYPE(x), True, n_threads, cnp.PyArray_DIM(x, 0),
+    fill_job(&J, float_code(x), float_code(target), True, n_threads, cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
              <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, 1e-7, gs0, None,
@@ -317,7 +373,7 @@ def xlogx_rows(*, cnp.ndarray x, cnp.ndarray out, int n_threads):
     """``out[r] = sum_k x[r, k] log x[r, k]`` (float64) of a (rows, n) buffer: 0 log 0 = 0,
     a negative or NaN entry gives NaN."""
     cdef fx_job J
-    fill_job(&J, cnp.PyArray_TYPE(x), True, n_threads, cnp.PyArray_DIM(x, 0),
+    fill_job(&J, float_code(x), -1, True, n_threads, cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), NULL, NULL, NULL, NULL, NULL,
              <double *>cnp.PyArray_DATA(out), NULL, 1.0, 0.0, 0.0, 1e-7, 1.0, None, None, None)
     if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
@@ -366,9 +422,10 @@ cdef int resolve_threads(object n_threads) except -1:
 def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     """The reduced loss (and gradient) of a common call, or None for the general path.
 
-    Common: y_pred an ndarray of float32/float64, C-contiguous and aligned, class axis last;
-    y_true int64 labels of y_pred's shape less the class axis (sparse), or an array of
-    y_pred's dtype and shape (categorical, binary); sample_weight None or, for 2-d y_pred,
+    Common: y_pred an ndarray of float32/float64/float16/bfloat16, C-contiguous and aligned,
+    class axis last; y_true int64 labels of y_pred's shape less the class axis (sparse), or an
+    array of y_pred's dtype (or float32 beside float16/bfloat16) and shape (categorical,
+    binary); sample_weight None or, for 2-d y_pred,
     a float64 vector with one weight per row; class / positive weights None or one per
     class.  A bad label also returns None: the general path raises the error.
     """
@@ -376,8 +433,10 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         return None
     cdef cnp.ndarray x = <cnp.ndarray>y_pred
     cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+    cdef int code = kernel_dtype(x)
+    if code < 0:
         return None
+    cdef bint lowp = code == FX_FLOAT16 or code == FX_BFLOAT16
     if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_ISALIGNED(x)):
         return None
     cdef int nd = cnp.PyArray_NDIM(x)
@@ -399,7 +458,7 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         if cnp.PyArray_NDIM(t) != nd - 1 or not same_dims(t, x, nd - 1):
             return None
     else:
-        if not plain_array(y_true, typenum):
+        if not (plain_array(y_true, typenum) or (lowp and plain_array(y_true, cnp.NPY_FLOAT32))):
             return None
         t = <cnp.ndarray>y_true
         if cnp.PyArray_NDIM(t) != nd or not same_dims(t, x, nd):
@@ -436,7 +495,8 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     cdef int64_t bad
     denom = plan_rows(o._red, N, opt_ptr(sample_weight), labels, o.ignore_class is not None,
                       o.ignore_class or 0, opt_ptr(o.class_weight), C, NULL, weff, cls)
-    fill_job(&J, typenum, o.from_logits, n_threads, N, C, cnp.PyArray_DATA(x),
+    fill_job(&J, code, -1 if labels != NULL else kernel_dtype(t), o.from_logits, n_threads, N,
+             C, cnp.PyArray_DATA(x),
              NULL if grad is None else cnp.PyArray_DATA(grad), NULL,
              NULL if labels != NULL else cnp.PyArray_DATA(t), labels, weff, loss, NULL,
              o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss, o.epsilon,
@@ -447,7 +507,8 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     if grad is not None and o._red >= RED_BATCH and denom == 0.0:
         # a mean over nothing is 0.0, and so is its gradient (0 * NaN would be NaN)
         memset(cnp.PyArray_DATA(grad), 0, cnp.PyArray_NBYTES(grad))
-    value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x), typenum)
+    value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x),
+                     cnp.NPY_FLOAT32 if lowp else typenum)
     return (value, grad) if want_grad else value
 
 
@@ -497,7 +558,7 @@ _HANDLER = fx_cache_capsule()
 
 cdef cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     """An uninitialized C-order array; blocks of the cache's size come from the cache."""
-    cdef size_t nbytes = 4 if typenum == cnp.NPY_FLOAT32 else 8
+    cdef size_t nbytes = itemsize_of(typenum)
     cdef int i
     for i in range(nd):
         nbytes *= <size_t>dims[i]
@@ -623,4 +684,28 @@ def elementary(str name, x, double shift=0.0):
             od[i] = fx_log1p_unit(xd[i])
         else:
             od[i] = fx_log_pos(xd[i])
+    return out
+
+
+def convert(str name, values):
+    """The kernels' conversions element by element, for tests/test_lowp.py: "f16_to_f32" and
+    "bf16_to_f32" widen uint16 bit patterns to float32; "f32_to_f16" and "f32_to_bf16" narrow
+    float32 values to uint16 bit patterns (rounded to nearest even)."""
+    if name not in ("f16_to_f32", "bf16_to_f32", "f32_to_f16", "f32_to_bf16"):
+        raise ValueError(f"unknown conversion {name!r}")
+    cdef bint widen = name.endswith("_to_f32")
+    src = np.ascontiguousarray(values, dtype=np.uint16 if widen else np.float32)
+    out = np.empty(src.shape[0], dtype=np.float32 if widen else np.uint16)
+    cdef unsigned short[::1] h = src if widen else out
+    cdef float[::1] f = out if widen else src
+    cdef Py_ssize_t i
+    for i in range(h.shape[0]):
+        if name == "f16_to_f32":
+            f[i] = fx_f16_to_f32(h[i])
+        elif name == "bf16_to_f32":
+            f[i] = fx_bf16_to_f32(h[i])
+        elif name == "f32_to_f16":
+            h[i] = fx_f32_to_f16(f[i])
+        else:
+            h[i] = fx_f32_to_bf16(f[i])
     return out

@@ -22,6 +22,7 @@ cdef extern from "xent_kernels.h" nogil:
 
     ctypedef struct fx_job:
         int dtype
+        int target_dtype
         int from_logits
         int n_threads
         int64_t n_rows
@@ -38,6 +39,8 @@ cdef extern from "xent_kernels.h" nogil:
 
     const int FX_FLOAT32
     const int FX_FLOAT64
+    const int FX_FLOAT16
+    const int FX_BFLOAT16
     const int FX_NO_MEMORY
     const int FX_SPLIT_MIN
     const int FX_SHORT
@@ -60,3 +63,9 @@ cdef extern from "xent_kernels.h" nogil:
     double fx_log_pos(double x)
     float fx_expf_shifted(float x, float negm)
     float fx_log1pf_recip(float y, float *inv)
+
+    # conversions of the low-precision formats (for the conversion tests)
+    float fx_f16_to_f32(unsigned int h)
+    unsigned int fx_f32_to_f16(float f)
+    float fx_bf16_to_f32(unsigned int h)
+    unsigned int fx_f32_to_bf16(float f)

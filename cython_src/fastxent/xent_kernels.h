@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include "xent_math.h"
+#include "xent_lowp.h"
 
 #define FX_LANES 16   /* fixed accumulation lanes: independent of the vector width */
 #define FX_CHUNK 4096 /* elements per flat chunk for short binary rows */
@@ -85,7 +86,8 @@ FX_INLINE double fx_lanes_total(const double *a)
  * Pointers of the element type `dtype` are passed as void *; NULL means "not wanted" (grad,
  * hess, lse, gscale, labels) or "not used" (target with labels, labels with targets). */
 typedef struct {
-    int dtype;              /* FX_FLOAT32 or FX_FLOAT64 */
+    int dtype;              /* FX_FLOAT32, FX_FLOAT64, FX_FLOAT16 or FX_BFLOAT16 */
+    int target_dtype;       /* the target's: dtype, or FX_FLOAT32 beside low-precision x */
     int from_logits;
     int n_threads;          /* upper bound of the OpenMP team (see fx_team_size) */
     int64_t n_rows, n_cols;
@@ -102,6 +104,8 @@ typedef struct {
 
 #define FX_FLOAT32 0
 #define FX_FLOAT64 1
+#define FX_FLOAT16 2        /* IEEE binary16: computed in float, see xent_lowp_t.inc */
+#define FX_BFLOAT16 3       /* bfloat16: the same */
 #define FX_NO_MEMORY (-1)   /* a runner's return value when its scratch could not be allocated */
 #define FX_BLOCK_ELEMENTS 32768  /* elements per block of rows handed to one thread at a time */
 #define FX_TEAM_ELEMENTS 65536   /* at most one thread per this many elements */
@@ -141,6 +145,21 @@ static double fx_dot_lanes(const double *a, const double *w, int64_t n)
         for (int j = 0; i + j < n; j++) acc[j] += a[i + j] * w[i + j];
     }
     return fx_lanes_total(acc);
+}
+
+/* A low-precision softmax job from logits without the Hessian writes its float gradient over
+ * its float copy of x (the row kernels allow g == x). */
+static inline int fx_lowp_grad_over_x(const fx_job *J, int softmax)
+{
+    return softmax && J->from_logits && J->hess == NULL;
+}
+
+/* Float scratch regions per thread of a low-precision job: x, the targets when they are not
+ * float already, the gradient (unless written over x), the Hessian (see xent_lowp_t.inc). */
+static inline int fx_lowp_regions(const fx_job *J, int softmax)
+{
+    return 1 + (J->target != NULL && J->target_dtype != FX_FLOAT32)
+           + (J->grad != NULL && !fx_lowp_grad_over_x(J, softmax)) + (J->hess != NULL);
 }
 
 #define FX_T float
@@ -223,18 +242,29 @@ static const fx_runner fx_softmax_runners[][2] = FX_RUNNERS(fx_softmax_run);
 static const fx_runner fx_sigmoid_runners[][2] = FX_RUNNERS(fx_sigmoid_run);
 static const fx_runner fx_bfocal_runners[][2] = FX_RUNNERS(fx_bfocal_run);
 static const fx_runner fx_xlogx_runners[][2] = FX_RUNNERS(fx_xlogx_run);
+#if FX_HAVE_DISPATCH
+#define FX_LOWP_RUNNERS(name) { name##_base, name##_avx2, name##_avx512 }
+#else
+#define FX_LOWP_RUNNERS(name) { name##_base }
+#endif
+static const fx_runner fx_softmax_lowp_runners[] = FX_LOWP_RUNNERS(fx_softmax_run_lowp);
+static const fx_runner fx_sigmoid_lowp_runners[] = FX_LOWP_RUNNERS(fx_sigmoid_run_lowp);
 
 /* Softmax cross-entropy (labels or soft targets, from logits or probabilities) on the selected
  * instruction-set path.  Returns the number of labels outside [0, n_cols) that were not
  * ignored (their rows hold NaN and a zero gradient), or FX_NO_MEMORY. */
 static int64_t fx_softmax(const fx_job *J)
 {
+    if (J->dtype == FX_FLOAT16 || J->dtype == FX_BFLOAT16)
+        return fx_softmax_lowp_runners[fx_isa_level](J);
     return fx_softmax_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
 }
 
 /* Binary cross-entropy, the mean over each row.  Returns 0, or FX_NO_MEMORY. */
 static int64_t fx_sigmoid(const fx_job *J)
 {
+    if (J->dtype == FX_FLOAT16 || J->dtype == FX_BFLOAT16)
+        return fx_sigmoid_lowp_runners[fx_isa_level](J);
     return fx_sigmoid_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
 }
 

@@ -141,7 +141,19 @@ def config_dict() -> dict:
         "cflags": flags["cflags"],
         "ldflags": flags["ldflags"],
         "buffer_cache": _buffer_cache_text(),
+        "dtypes": _dtypes_text(),
     }
+
+
+def _dtypes_text() -> str:
+    """The y_pred dtypes the losses read, and whether bfloat16 can occur (ml_dtypes found,
+    not imported)."""
+    import importlib.util
+
+    bf16 = ("bfloat16 (ml_dtypes installed)" if importlib.util.find_spec("ml_dtypes")
+            else "bfloat16 (needs ml_dtypes, not installed)")
+    return (f"float32, float64; float16, {bf16} computed in float32 (portable 16-bit "
+            "conversions, vectorized on the selected path)")
 
 
 def _buffer_cache_text() -> str:
@@ -156,7 +168,7 @@ def _buffer_cache_text() -> str:
 
 def show_config() -> None:
     """Print version, OpenMP status, default thread count, instruction-set path, compile
-    flags and the gradient block cache."""
+    flags, the gradient block cache and the dtypes the losses read."""
     for key, value in config_dict().items():
         print(f"{key + ':':<19}{value}")
 

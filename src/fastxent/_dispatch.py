@@ -28,6 +28,7 @@ from fastxent._validation import (
     as_target_array,
     broadcast_sample_weight,
     check_weight_vector,
+    result_dtype,
     sparse_labels_hint,
     warn_single_class,
 )
@@ -254,10 +255,11 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
 
     return _as_given(Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        loss=_reduction.reduce(loss64, plan, lay.batch_shape, result_dtype(lay.arr.dtype)),
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
-        lse=None if lse is None else lse.reshape(lay.batch_shape).astype(lay.arr.dtype),
+        lse=None if lse is None else lse.reshape(lay.batch_shape).astype(
+            result_dtype(lay.arr.dtype)),
         denominator=plan.denominator,
         total=_reduction.total(loss64, plan) if want_total else None,
     ), y_pred, given_shape, grad_out, inplace)
@@ -333,7 +335,7 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                     pos_weight=pw, n_threads=nt)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
     return _as_given(Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        loss=_reduction.reduce(loss64, plan, lay.batch_shape, result_dtype(lay.arr.dtype)),
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,

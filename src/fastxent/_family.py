@@ -32,6 +32,7 @@ from fastxent._errors import label_range_error
 from fastxent._kernels import Options
 from fastxent._options import sigmoid_options, softmax_options
 from fastxent._validation import (
+    as_float_array,
     as_labels,
     as_target_array,
     check_bool,
@@ -558,6 +559,8 @@ def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, 
 
 def compute(spec: Spec, y_true, y_pred, sample_weight=None, **kw) -> _dispatch.Outcome:
     """The one entry point of this module's losses."""
+    # float32 / float64 only: float16 and bfloat16 are read by the cross-entropies alone
+    y_pred = as_float_array(y_pred, "y_pred", y_true=y_true, low_precision=False)
     if spec.kind in ("sparse_focal", "gce"):
         return sparse_rows(spec, y_true, y_pred, sample_weight, **kw)
     return dense_rows(spec, y_true, y_pred, sample_weight, **kw)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
 from fastxent._interop import asarray
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# y_pred dtypes the losses also read directly, computed in float32 (see is_low_precision)
+LOW_PRECISION_NAMES = ("float16", "bfloat16")
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean", "mean_with_sample_weight")
 
 
@@ -53,6 +56,29 @@ def swap_hint(y_true, y_pred_dtype: np.dtype) -> str:
     )
 
 
+def is_bfloat16(dtype) -> bool:
+    """``dtype`` is ``ml_dtypes.bfloat16``.
+
+    Never imports ml_dtypes: an array of bfloat16 exists only once its caller has imported it,
+    so a dtype named "bfloat16" is compared with ``sys.modules["ml_dtypes"].bfloat16``.
+    """
+    if getattr(dtype, "name", None) != "bfloat16":
+        return False
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    return ml_dtypes is not None and dtype == np.dtype(ml_dtypes.bfloat16)
+
+
+def is_low_precision(dtype) -> bool:
+    """float16 or bfloat16: read directly by the kernels, computed in float32."""
+    return dtype == np.float16 or is_bfloat16(dtype)
+
+
+def result_dtype(dtype) -> np.dtype:
+    """The dtype of per-sample results (losses, log-sum-exp) for ``y_pred`` of ``dtype``:
+    its own, or float32 for float16 / bfloat16 (the dtype they are computed in)."""
+    return np.dtype(np.float32) if is_low_precision(dtype) else np.dtype(dtype)
+
+
 def as_kernel_array(a, dtype=None) -> np.ndarray:
     """``a`` C-contiguous and aligned (copied only when it is not already).
 
@@ -62,28 +88,40 @@ def as_kernel_array(a, dtype=None) -> np.ndarray:
     return np.require(a, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
-def as_float_array(a, name: str, *, y_true=None) -> np.ndarray:
-    """``a`` as an ndarray of float32 or float64 (no copy); TypeError for any other dtype.
+def as_float_array(a, name: str, *, y_true=None, low_precision: bool = True) -> np.ndarray:
+    """``a`` as an ndarray of float32 or float64, or (``low_precision``) float16 or
+    ``ml_dtypes.bfloat16``, without a copy; TypeError for any other dtype.
 
-    float16, integer and bool predictions are refused rather than silently promoted: a
-    float16 or integer y_pred is almost always a bug upstream.  Cast explicitly.  With
-    ``y_true`` given, an integer/bool ``a`` beside a float ``y_true`` is reported as swapped
-    arguments instead of advising a cast.
+    Integer, bool, complex and other predictions are refused rather than silently promoted:
+    an integer y_pred is almost always a bug upstream.  Cast explicitly.  With ``y_true``
+    given, an integer/bool ``a`` beside a float ``y_true`` is reported as swapped arguments
+    instead of advising a cast.
     """
     arr = asarray(a, name)
-    if arr.dtype not in FLOAT_DTYPES:
-        hint = swap_hint(y_true, arr.dtype)
-        advice = hint or f"; convert it explicitly (e.g. {name}.astype(np.float32))"
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}{advice}")
-    return arr
+    if arr.dtype in FLOAT_DTYPES or (low_precision and is_low_precision(arr.dtype)):
+        return arr
+    accepted = "float32, float64, float16 or bfloat16" if low_precision else "float32 or float64"
+    hint = swap_hint(y_true, arr.dtype)
+    advice = hint or f"; convert it explicitly (e.g. {name}.astype(np.float32))"
+    if not low_precision and is_low_precision(arr.dtype):
+        advice = (f"; float16 and bfloat16 are read by the cross-entropy losses only (binary, "
+                  f"categorical, sparse categorical): convert {name} "
+                  f"explicitly (e.g. {name}.astype(np.float32))")
+    raise TypeError(f"{name} must have dtype {accepted}, got {arr.dtype}{advice}")
 
 
 def as_target_array(a, name: str, dtype: np.dtype) -> np.ndarray:
     """Targets (probabilities, one-hot, binary labels) as ``dtype``: bool, integer and float
-    targets are accepted and converted; complex, object and string targets are refused."""
+    targets are accepted and converted; complex, object and string targets are refused.
+
+    Beside a float16 / bfloat16 ``y_pred`` (``dtype``), float32 targets are kept as they are
+    (the kernels read them in place); others are converted to ``dtype``, as Keras does.
+    """
     arr = asarray(a, name)
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not is_bfloat16(arr.dtype):
         raise TypeError(f"{name} must be numeric (bool, integer or float), got dtype {arr.dtype}")
+    if arr.dtype == np.float32 and is_low_precision(dtype):
+        return arr
     return arr.astype(dtype, copy=False)
 
 

@@ -129,7 +129,7 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     ignore_class = _check_ignore_class(ignore_class)
     nt = resolve_n_threads(n_threads)
 
-    h = as_float_array(hidden, "hidden")
+    h = as_float_array(hidden, "hidden", low_precision=False)
     if h.ndim < 1:
         raise ValueError("hidden must have at least one dimension (the hidden size), got a scalar")
     w = asarray(weight, "weight")

@@ -8,7 +8,9 @@ d(loss)/d(y_pred) computed in the same pass over the data.
 
 Shapes: ``y_pred`` has the class axis ``axis`` (default last); the per-sample loss has the shape
 of ``y_pred`` without that axis.  float32 input gives float32 output and float64 gives float64;
-internally every sum is accumulated in float64.
+internally every sum is accumulated in float64.  float16 and bfloat16 (``ml_dtypes``) input is
+read directly and computed in float32: gradients come back in its dtype (rounded to nearest
+even), per-sample losses in float32.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastxent import _dispatch
 from fastxent._interop import asarray
 from fastxent._kernels import fast_call as _fast_call
 from fastxent._options import sigmoid_options, softmax_options
-from fastxent._validation import check_dtype, check_name
+from fastxent._validation import check_dtype, check_name, is_bfloat16
 
 __all__ = [
     "categorical_crossentropy",
@@ -48,13 +50,15 @@ def categorical_crossentropy(
     Parameters
     ----------
     y_true : array_like, shape of ``y_pred``
-        Target distributions (one-hot or soft); bool/int/float, converted to y_pred's dtype.
-    y_pred : ndarray of float32 or float64, shape (..., C, ...)
+        Target distributions (one-hot or soft); bool/int/float, converted to y_pred's dtype
+        (float32 targets are read as they are beside a float16 / bfloat16 y_pred).
+    y_pred : ndarray of float32, float64, float16 or bfloat16, shape (..., C, ...)
         Logits (``from_logits=True``) or probabilities.
     from_logits : bool
         With False (Keras' default) each row is divided by its sum and clipped to
         ``[epsilon, 1 - epsilon]`` before the log, both bounds rounded to y_pred's dtype
-        like Keras' clip (float32: ``1 - 1e-7`` is ``1 - 2**-23``).
+        like Keras' clip (float32: ``1 - 1e-7`` is ``1 - 2**-23``; float16 and bfloat16 are
+        clipped as float32, the dtype they are computed in).
     label_smoothing : float in [0, 1]
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / C``.
     axis : int
@@ -70,7 +74,8 @@ def categorical_crossentropy(
 
     Returns
     -------
-    ndarray of y_pred's dtype, shape of y_pred without ``axis``.
+    ndarray of y_pred's dtype (float32 for float16 / bfloat16), shape of y_pred without
+    ``axis``.
 
     Examples
     --------
@@ -109,7 +114,7 @@ def sparse_categorical_crossentropy(
         Class labels in ``[0, C)``; any integer dtype, or floats holding integral values.
         A size-1 class axis (Keras' ``(batch, 1)``) is accepted.  An out-of-range label
         raises ``ValueError`` naming its position.
-    y_pred : ndarray of float32 or float64
+    y_pred : ndarray of float32, float64, float16 or bfloat16
         Logits or probabilities, class axis ``axis``.
     from_logits : bool
     ignore_class : int, optional
@@ -124,7 +129,8 @@ def sparse_categorical_crossentropy(
 
     Returns
     -------
-    ndarray of y_pred's dtype, shape of y_true (0 at ignored positions).
+    ndarray of y_pred's dtype (float32 for float16 / bfloat16), shape of y_true (0 at ignored
+    positions).
 
     Examples
     --------
@@ -164,8 +170,9 @@ def binary_crossentropy(
     Parameters
     ----------
     y_true : array_like, shape of y_pred
-        Targets in [0, 1] (bool/int/float).
-    y_pred : ndarray of float32 or float64
+        Targets in [0, 1] (bool/int/float), converted like those of
+        :func:`categorical_crossentropy`.
+    y_pred : ndarray of float32, float64, float16 or bfloat16
     from_logits : bool
     label_smoothing : float in [0, 1]
         Targets become ``y_true * (1 - label_smoothing) + label_smoothing / 2``.
@@ -182,7 +189,8 @@ def binary_crossentropy(
 
     Returns
     -------
-    ndarray of y_pred's dtype, shape of y_pred without ``axis``.
+    ndarray of y_pred's dtype (float32 for float16 / bfloat16), shape of y_pred without
+    ``axis``.
 
     Examples
     --------
@@ -248,8 +256,8 @@ class _Loss:
                 "construct the loss with dtype=None"
             )
         arr = asarray(y_pred, "y_pred")
-        if arr.dtype.kind != "f":  # keep the dtype errors (and the swapped-arguments hint)
-            return y_pred
+        if arr.dtype.kind != "f" and not is_bfloat16(arr.dtype):
+            return y_pred  # keep the dtype errors (and the swapped-arguments hint)
         return arr.astype(dt)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -276,14 +284,16 @@ class _Loss:
             only; y_pred must be a writeable C-contiguous (class axis last) array.
         return_lse : bool
             Softmax losses from logits only: also return the per-sample log-sum-exp of the
-            logits (shape of the per-sample loss, y_pred's dtype; 0 at ignored positions).
+            logits (shape of the per-sample loss, y_pred's dtype or float32 for float16 /
+            bfloat16; 0 at ignored positions).
 
         Returns
         -------
         loss : float or ndarray
             As ``__call__``.
         grad : ndarray, shape and dtype of y_pred
-            d(loss)/d(y_pred).  With ``reduction="none"``, ``grad[i] = d loss[i] / d y_pred[i]``.
+            d(loss)/d(y_pred) (for float16 / bfloat16: computed in float32, rounded once).
+            With ``reduction="none"``, ``grad[i] = d loss[i] / d y_pred[i]``.
         lse : ndarray
             Only with ``return_lse=True``.
         """

@@ -33,7 +33,7 @@ def _check(input, target, weight, ignore_index, reduction):
             ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {plain(ignore_index)!r}")
     ignore_index = int(ignore_index)
-    x = as_float_array(input, "input")
+    x = as_float_array(input, "input", low_precision=False)
     if x.ndim == 0:
         raise ValueError("input must have a class axis: shape (C,), (N, C) or (N, C, d1, ...)")
     class_axis = 0 if x.ndim == 1 else 1

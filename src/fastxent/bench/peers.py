@@ -187,6 +187,9 @@ def _fastxent(kind, x, y, threads, variant):
         def functional():
             return fx.sparse_categorical_crossentropy(y, x, from_logits=True, n_threads=threads)
         return Candidate(functional, lambda out: (float(np.mean(out, dtype=np.float64)), None))
+    if variant == "float32":  # the same values in float32, converted before the timing
+        x = x.astype(np.float32)
+        y = y if kind == "sparse" else y.astype(np.float32)
     cls = {"sparse": fx.SparseCategoricalCrossentropy, "categorical": fx.CategoricalCrossentropy,
            "binary": fx.BinaryCrossentropy, "sparse_focal": fx.SparseCategoricalFocalCrossentropy,
            "binary_focal": fx.BinaryFocalCrossentropy, "kl": fx.KLDivergence}[kind]
@@ -248,8 +251,13 @@ def torch_step(loss_of, kind, x, y, threads) -> Candidate:
     """``loss_of(logits, targets)`` forward and backward on tensors sharing ``x`` and ``y``."""
     import torch
 
-    xt = torch.from_numpy(x).requires_grad_(True)  # shares x's memory: the same bytes
-    yt = torch.from_numpy(y)
+    def tensor(a):  # shares a's memory: the same bytes (bfloat16 through its bits)
+        if a.dtype.name == "bfloat16":
+            return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    xt = tensor(x).requires_grad_(True)
+    yt = tensor(y)
 
     def run():
         if torch.get_num_threads() != threads:
@@ -259,7 +267,7 @@ def torch_step(loss_of, kind, x, y, threads) -> Candidate:
         loss.backward()
         return loss.item(), xt.grad
 
-    return Candidate(run, lambda out: (out[0], sample(out[1].numpy(), kind)))
+    return Candidate(run, lambda out: (out[0], sample(out[1].float().numpy(), kind)))
 
 
 def _jax(kind, x, y):

@@ -10,9 +10,10 @@ import numpy as np
 from fastxent.bench import autograd
 from fastxent.bench.linear import NAMES as LINEAR_NAMES
 from fastxent.bench.timing import stat
-from fastxent.bench.workloads import DISPLAY, PEERS, Target, Workload
+from fastxent.bench.workloads import DISPLAY, PEERS, Target, Workload, itemsize
 
-_ROLE_LABEL = {"functional": "functional form (loss only)", "avx2": "AVX2 path"}
+_ROLE_LABEL = {"functional": "functional form (loss only)", "avx2": "AVX2 path",
+               "float32": "the same values in float32"}
 
 
 def fmt_bytes(b: float) -> str:
@@ -74,7 +75,7 @@ def workload_rows(work: Workload, cands: list[dict], rounds: int, n_threads: int
         ``"min"`` or ``"median"``; many-calls workloads always use the median.
     """
     how = "median" if work.many_calls else how
-    nbytes = int(np.prod(work.shape)) * np.dtype(work.dtype).itemsize
+    nbytes = int(np.prod(work.shape)) * itemsize(work.dtype)
     roof = next((stat(c["times"], how) for c in cands
                  if c["system"] == "roofline" and c["times"]), None)
     rows = []
@@ -99,11 +100,12 @@ def workload_rows(work: Workload, cands: list[dict], rounds: int, n_threads: int
                         and (p["system"] != "jax" or role == "main")):
                     peers[p["system"]] = stat(p["times"], how)
         written = 0 if role == "functional" else nbytes  # the functional form has no gradient
+        moved = nbytes + written if role != "float32" else 2 * int(np.prod(work.shape)) * 4
         rows.append({
             "workload": work.group, "label": label, "role": role, "threads": c["threads"],
             "variant": c["variant"], "shape": list(work.shape), "dtype": work.dtype,
             "kind": work.kind, "bytes": nbytes, "fastxent": t, "roofline": roof,
-            "gbps": (nbytes + written) / t / 1e9, "peers": peers, "rounds": rounds,
+            "gbps": moved / t / 1e9, "peers": peers, "rounds": rounds,
             "stat": how, "isa": c.get("isa"), "full_shape": list(work.full_shape),
         })
     main_row = next((r for r in rows if r["role"] == "main"), None)

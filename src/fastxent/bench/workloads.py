@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ DISPLAY = {
     "busy": "busy core",
     "functional": "functional form",
     "avx2": "AVX2 path",
+    "float32": "fastxent float32",
 }
 # Goals compared with the row's own fastxent time ("at most" goals: the smaller the better).
 _AT_MOST = ("roofline", "busy", "functional", "avx2")
@@ -92,6 +94,8 @@ class Workload:
         (loss only).
     avx2 : bool
         Also time fastxent in a worker with ``FASTXENT_ISA=avx2``.
+    float32 : bool
+        Also time fastxent on the same values as float32 (for float16 / bfloat16 workloads).
     busy : bool
         Time fastxent with 1 and 2 threads while another process spins a core.
     many_calls : bool
@@ -110,6 +114,7 @@ class Workload:
     thread_scaling: bool = False
     functional: bool = False
     avx2: bool = False
+    float32: bool = False
     busy: bool = False
     many_calls: bool = False
     full_shape: tuple = ()
@@ -146,6 +151,8 @@ class Workload:
             rows.append(("functional", n_threads, "functional"))
         if self.avx2:
             rows.append(("avx2", n_threads, "avx2"))
+        if self.float32:
+            rows.append(("float32", n_threads, "float32"))
         return rows
 
 
@@ -188,6 +195,12 @@ _GROUPS = {
                (Target("roofline", 2), Target("torch", 1), Target("jax", 1)),
                {"peers": ("torch", "jax")})
               for kind in ("sparse_focal", "binary_focal", "kl")],
+    "low-precision": [("sparse", shapes, dtype,
+                       (Target("roofline", 1.4), Target("float32", 1.5), Target("torch", 3)),
+                       {"peers": ("torch",), "float32": True})
+                      for shapes in (_SPARSE_MAIN, {"full": (2048, 50257),
+                                                    "quick": (512, 50257), "tiny": (8, 5000)})
+                      for dtype in ("bfloat16", "float16")],
     "busy-core": [("sparse", _SPARSE_MAIN, "float32", (Target("busy", 1.1),),
                    {"peers": (), "busy": True})],
     "avx2": [("sparse", _SPARSE_MAIN, "float32", (Target("avx2", 1.3),),
@@ -211,6 +224,7 @@ GROUP_HELP = {
     "in-cache": "sparse labels, logits that fit in the cache",
     "binary-shapes": "binary from logits as 2-D arrays",
     "focal": "sparse focal, binary focal and KL divergence from logits",
+    "low-precision": "sparse labels on bfloat16 / float16 logits (bfloat16 needs ml_dtypes)",
     "busy-core": "1 and 2 threads while another process spins a core",
     "avx2": "fastxent forced onto its AVX2 path against its default path",
     "plot": "effective bandwidth against the number of classes (PNG)",
@@ -253,11 +267,18 @@ def workloads(mode: str, groups=None) -> list[Workload]:
         if groups is not None and group not in groups:
             continue
         for kind, shapes, dtype, targets, options in specs:
+            if dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
+                continue  # bfloat16 arrays need ml_dtypes (the lowp extra)
             shape = shapes[mode]
             out.append(Workload(group, kind, shape, dtype, targets,
                                 full_shape=shapes["full"] if shape != shapes["full"] else (),
                                 **options))
     return out
+
+
+def itemsize(dtype) -> int:
+    """Bytes per element of a workload's dtype name (bfloat16 without importing ml_dtypes)."""
+    return 2 if str(dtype) in ("bfloat16", "float16") else np.dtype(dtype).itemsize
 
 
 def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
@@ -270,6 +291,7 @@ def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
         (probability rows) or ``"binary"`` / ``"binary_focal"`` (0/1 floats).
     shape : tuple of int
     dtype : str or numpy.dtype
+        float16 and bfloat16 (ml_dtypes, imported here) data are float32 data rounded.
     seed : int
 
     Returns
@@ -278,7 +300,12 @@ def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
         ``{"x": logits, "y": targets}``.
     """
     rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
+    low = str(dtype) in ("bfloat16", "float16")
+    if str(dtype) == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    final, dtype = np.dtype(dtype), np.dtype(np.float32 if low else dtype)
     x = rng.standard_normal(shape, dtype=dtype)
     if kind in ("sparse", "sparse_focal"):
         y = rng.integers(0, shape[-1], shape[:-1])
@@ -291,6 +318,9 @@ def make_data(kind: str, shape: tuple, dtype, seed: int = 0) -> dict:
         y = (rng.random(shape) < 0.5).astype(dtype)
     else:
         raise ValueError(f"kind must be 'sparse', 'categorical' or 'binary', got {kind!r}")
+    if low:
+        x = x.astype(final)
+        y = y if kind == "sparse" else y.astype(final)
     return {"x": x, "y": y}
 
 

@@ -442,7 +442,7 @@ def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
     y_pred = _as_dask(y_pred, "y_pred")
     if loss_obj.dtype is not None and y_pred.dtype.kind == "f" and y_pred.dtype != loss_obj.dtype:
         y_pred = y_pred.astype(loss_obj.dtype)  # the loss's dtype= (Keras'), as in NumPy
-    as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true)
+    as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true, low_precision=False)
     axis = normalize_axis(loss_obj.axis, y_pred.ndim)
     _check_known_chunks(y_pred, "y_pred")
     y_pred = _class_axis_in_one_chunk(y_pred, axis)
