@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include "xent_math.h"
+#include "xent_team.h"
 
 #define FX_LANES 16   /* fixed accumulation lanes: independent of the vector width */
 #define FX_CHUNK 4096 /* elements per flat chunk for short binary rows */
@@ -115,6 +116,16 @@ static inline int fx_team_size(int n_threads, int64_t n_items, int64_t n_element
     if (t > by_work) t = by_work;
     return (int)(t > 0 ? t : 1);
 }
+
+/* What a runner's items read (fx_run_items passes it to every item): the job, rows per block
+ * or chunks per row, and per-item / per-row scratch of the split paths. */
+typedef struct {
+    const fx_job *J;
+    int64_t per;
+    double *st;
+    double *rowT;
+    int8_t *status;
+} fx_items;
 
 /* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES fixed lanes combined in a fixed order:
  * the one float64 summation of the reductions (losses, weights, denominators). */
