@@ -29,7 +29,10 @@ floor is pinned with ``NPY_TARGET_VERSION`` to NumPy 1.25, the oldest NumPy decl
 ``pyproject.toml``: a wheel built against NumPy 2.x runs on NumPy >= 1.25.
 ``-ffp-contract=off`` keeps the compiler from fusing multiply-adds, so that every
 instruction-set path (chosen at run time, see ``cython_src/fastxent/xent_kernels.h``)
-produces bitwise identical results.
+produces bitwise identical results.  ``buildtools/isa_probe.py`` checks that the AVX2 and
+AVX-512 variants compile to ymm / zmm code with this compiler (the highest level that does is
+recorded; the run-time dispatch never goes above it) and adds clang's
+``-mllvm -vectorizer-maximize-bandwidth`` so that clang's float32 loops use full-width vectors.
 """
 
 import os
@@ -43,7 +46,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from buildtools import openmp_probe  # noqa: E402
+from buildtools import isa_probe, openmp_probe  # noqa: E402
 
 GENERATED = os.path.join(HERE, "build", "fastxent_generated")
 
@@ -94,9 +97,15 @@ def main():
     # Exact IEEE semantics: no fast-math family; no FMA contraction (identical bits on every
     # instruction-set path); errno-free math so that vectorizable code stays vectorizable.
     numerics = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+    cc = openmp_probe.compiler_command()
     compile_args = [*opt, *numerics, *omp_compile, "-std=c11",
-                    "-Wno-unused-function", "-Wno-unreachable-code"]
+                    "-Wno-unused-function", "-Wno-unreachable-code", *isa_probe.vector_flags(cc)]
     link_args = [*omp_link, *link_extra]
+    # which instruction-set variants really compile to AVX2 / AVX-512 code (xent_isa.h)
+    kernel_dir = os.path.join("cython_src", "fastxent")
+    isa_max, isa_note = isa_probe.probe_isa(
+        cc, [*numerics, *omp_compile, "-std=c11", *isa_probe.vector_flags(cc)],
+        os.path.join(HERE, kernel_dir))
 
     os.makedirs(GENERATED, exist_ok=True)
     with open(os.path.join(GENERATED, "fastxent_build.h"), "w") as f:
@@ -104,16 +113,16 @@ def main():
         c_string = openmp_probe.c_string
         f.write(f"#define FASTXENT_BUILD_CFLAGS {c_string(' '.join(compile_args))}\n")
         f.write(f"#define FASTXENT_BUILD_LDFLAGS {c_string(' '.join(link_args))}\n")
-        compiler = " ".join(openmp_probe.compiler_command())
-        f.write(f"#define FASTXENT_BUILD_COMPILER {c_string(compiler)}\n")
+        f.write(f"#define FASTXENT_BUILD_COMPILER {c_string(' '.join(cc))}\n")
         f.write(f"#define FASTXENT_BUILD_OPENMP {int(omp.enabled)}\n")
         f.write(f"#define FASTXENT_BUILD_OPENMP_NOTE {c_string(omp.note)}\n")
+        f.write(f"#define FASTXENT_BUILD_ISA_MAX {isa_max}\n")
+        f.write(f"#define FASTXENT_BUILD_ISA_NOTE {c_string(isa_note)}\n")
 
     include_dirs = [np.get_include(), os.path.join(HERE, "cython_src", "fastxent"), GENERATED]
     # NPY_TARGET_VERSION: the oldest NumPy the built extensions run with (pyproject's floor)
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
               ("NPY_TARGET_VERSION", "NPY_1_25_API_VERSION")]
-    kernel_dir = os.path.join("cython_src", "fastxent")
     # the C kernels the modules include: a change to any of them rebuilds the extensions
     headers = sorted(
         os.path.join(kernel_dir, f) for f in os.listdir(kernel_dir) if f.endswith((".h", ".inc"))

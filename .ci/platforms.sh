@@ -9,8 +9,9 @@
 # Steps:
 #   py312, py313   build with that interpreter (pyenv's, else python3.X on PATH), run the
 #                  kernel + API subset ($KERNEL_TESTS)
-#   clang          apt-get install clang libomp-dev; CC=clang build (LLVM's OpenMP), kernel
-#                  tests + the threadpoolctl tests against libomp
+#   clang          apt-get install clang libomp-dev; CC=clang build (LLVM's OpenMP): its AVX2 /
+#                  AVX-512 variants compiled as such, kernel tests (paths, determinism,
+#                  losses) + the threadpoolctl tests against libomp
 #   serial         FASTXENT_OPENMP=0 build: show_config gives the reason, n_threads=4 warns
 #                  once; kernel-path and thread-limit tests on the serial build
 #   aarch64        .ci/cross_aarch64.sh: cross build, tests under qemu-user
@@ -96,8 +97,13 @@ step_clang() {
     (cd "$dir" && PYTHONPATH=src "$PY" -c \
         'from threadpoolctl import threadpool_info as t; import fastxent;
 print([i["filepath"] for i in t() if i["user_api"] == "openmp"])') || return 1
+    # the AVX2 / AVX-512 variants were compiled as such (clang's attribute spelling)
+    (cd "$dir" && PYTHONPATH=src "$PY" -c 'import platform; from fastxent import _kernels as k
+i = k.isa_build(); print("isa_build:", i["note"], "|", i["spelling"])
+assert i["max_level"] == 2 or platform.machine() != "x86_64", i') || return 1
     (cd "$dir" && PYTHONPATH=src run_pytest "$PY" tests/test_kernel_paths.py \
-        tests/test_determinism.py tests/test_thread_limits.py tests/test_errors.py)
+        tests/test_determinism.py tests/test_losses.py tests/test_thread_limits.py \
+        tests/test_errors.py tests/test_build_probe.py)
 }
 
 step_serial() {  # FASTXENT_OPENMP=0: a serial build says why, and warns when asked for threads

@@ -250,3 +250,93 @@ def test_drop_rpath_and_debug():
 
 def test_c_string_escapes():
     assert P.c_string('a "b" \\c\nd') == '"a \\"b\\" \\\\c d"'
+
+
+# -- the instruction-set probe (buildtools/isa_probe.py) -------------------------------------
+
+from buildtools import isa_probe as I  # noqa: E402
+
+GCC_ASM = """\t.globl\tfx_probe_avx2
+fx_probe_avx2:
+.LFB0:
+\tvmovups\t(%rdi,%rax), %ymm0
+\tvmulps\t(%rsi,%rax), %ymm0, %ymm0
+\t.cfi_endproc
+fx_probe_avx512:
+.LFB1:
+\tvmovups\t(%rdi,%rax), %zmm0
+\t.cfi_endproc
+"""
+# clang puts a comment after the label; a spelling it ignored leaves xmm code
+CLANG_IGNORED_ASM = """fx_probe_avx2:                          # @fx_probe_avx2
+\tvmulps\t(%rsi,%rax,4), %ymm1, %ymm1
+\t.cfi_endproc
+fx_probe_avx512:                        # @fx_probe_avx512
+\tmulps\t(%rsi,%rax,4), %xmm1
+\t.cfi_endproc
+"""
+
+
+class FakeAsmCompiler:
+    """Answers ``--version`` and writes ``asm`` to the -o file of an -S compile."""
+
+    def __init__(self, asm="", version="gcc (Debian 12.2.0) 12.2.0", returncode=0, stderr=""):
+        self.asm, self.version, self.returncode, self.stderr = asm, version, returncode, stderr
+        self.calls = []
+
+    def __call__(self, cmd, timeout=120, **kw):
+        self.calls.append(list(cmd))
+        if cmd[-1] == "--version":
+            return subprocess.CompletedProcess(cmd, 0, self.version + "\n", "")
+        assert "-S" in cmd and "-Werror" in cmd
+        if self.returncode == 0:
+            with open(cmd[cmd.index("-o") + 1], "w") as f:
+                f.write(self.asm)
+        return subprocess.CompletedProcess(cmd, self.returncode, "", self.stderr)
+
+
+def test_isa_levels_read_from_the_registers_of_each_probe_function():
+    assert I.levels_in_assembly(GCC_ASM) == (2, ["avx2: ymm code", "avx512: zmm code"])
+    level, facts = I.levels_in_assembly(CLANG_IGNORED_ASM)
+    assert level == 1 and facts[1] == "avx512: attribute compiled without zmm registers"
+    # no probe functions (a target without dispatch): baseline
+    assert I.levels_in_assembly("main:\n\tret\n") == (0, ["avx2: no code"])
+    # a level counts only with every level below it
+    assert I.levels_in_assembly(GCC_ASM.replace("%ymm", "%xmm"))[0] == 0
+
+
+def test_isa_probe_compiles_to_assembly_with_warnings_as_errors(tmp_path):
+    tool = FakeAsmCompiler(GCC_ASM)
+    level, note = I.probe_isa(["gcc"], ["-fopenmp"], str(tmp_path), run=tool)
+    assert (level, note) == (2, "up to avx512 (avx2: ymm code; avx512: zmm code)")
+    (cmd,) = tool.calls
+    assert cmd[:3] == ["gcc", "-O3", "-fopenmp"] and f"-I{tmp_path}" in cmd
+
+
+def test_isa_probe_rejected_attribute_means_baseline_with_the_reason(tmp_path):
+    msg = ("isa_probe.c:9:1: error: unsupported 'prefer-vector-width=512' in the 'target' "
+           "attribute string; 'target' attribute ignored [-Werror,-Wignored-attributes]")
+    tool = FakeAsmCompiler(returncode=1, stderr=msg)
+    level, note = I.probe_isa(["clang"], [], str(tmp_path), run=tool)
+    assert level == 0 and "prefer-vector-width=512" in note and note.startswith("baseline only")
+
+
+def test_clang_gets_full_width_vectors_and_gcc_nothing():
+    clang = FakeAsmCompiler(version="Debian clang version 14.0.6")
+    assert I.vector_flags(["clang"], run=clang) == ["-mllvm", "-vectorizer-maximize-bandwidth"]
+    assert I.vector_flags(["gcc"], run=FakeAsmCompiler()) == []
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_real_compiler_builds_the_kernels_attributes_as_wide_code(cc):
+    """The attribute spellings of xent_isa.h, with a real compiler, give ymm / zmm code."""
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} is not installed")
+    if not I.is_clang([cc]) and cc == "clang":
+        pytest.skip("clang is not clang")
+    kernels = os.path.join(os.path.dirname(__file__), os.pardir, "cython_src", "fastxent")
+    args = ["-ffp-contract=off", "-fopenmp-simd", "-std=c11", *I.vector_flags([cc])]
+    level, note = I.probe_isa([cc], args, kernels)
+    import platform
+    expected = 2 if platform.machine().lower() in ("x86_64", "amd64") else 0
+    assert level == expected, note

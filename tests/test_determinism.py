@@ -265,7 +265,7 @@ FAMILY = {
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
 @pytest.mark.parametrize("kind", list(FAMILY))
 def test_family_bitwise_identical_threads_isas(kind, from_logits, dtype, shape, rng,

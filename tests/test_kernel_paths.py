@@ -15,6 +15,10 @@ float32 data: exp and log1p are evaluated in single precision (the shift x - max
 by TwoSum; exp within 1 ulp, log1p within 4 ulp of float), every sum in float64.
 """
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import reference as R
@@ -219,3 +223,26 @@ def test_double_elementary_functions(rng):
     lp = np.log(p)
     nz = lp != 0
     assert _ulp_error(_kernels.elementary("log", p)[nz], lp[nz], np.float64).max() <= 2.0
+
+
+def test_isa_paths_are_compiled_as_such():
+    """show_config()'s instruction-set paths are what the extension's code contains: the build
+    probe's level caps the dispatch, and the module's machine code has ymm (AVX2) and zmm
+    (AVX-512) instructions when the build says it has those paths."""
+    from fastxent import _kernels
+
+    info = _kernels.isa_build()
+    assert _kernels.cpu_isa() <= info["max_level"]
+    assert len(fx.available_isas()) == _kernels.cpu_isa() + 1
+    if info["max_level"] == 0:
+        return
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is needed to read the extension's machine code")
+    out = subprocess.run([objdump, "-d", "--no-show-raw-insn", _kernels.__file__],
+                         capture_output=True, text=True, check=True).stdout
+    counts = {reg: len(re.findall(rf"%{reg}\d", out)) for reg in ("ymm", "zmm")}
+    # every kernel is compiled once per path: thousands of wide instructions, not a stray few
+    assert counts["ymm"] > 1000, (info, counts)
+    if info["max_level"] >= 2:
+        assert counts["zmm"] > 1000, (info, counts)

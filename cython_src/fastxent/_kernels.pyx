@@ -606,7 +606,7 @@ def get_isa():
 
 
 def cpu_isa():
-    """Best instruction-set level this CPU supports."""
+    """Best instruction-set level this CPU supports and this build compiled as such."""
     return fx_cpu_isa_level()
 
 
@@ -629,11 +629,24 @@ cdef extern from "fastxent_build.h":
     const char *FASTXENT_BUILD_LDFLAGS
     const char *FASTXENT_BUILD_COMPILER
     const char *FASTXENT_BUILD_OPENMP_NOTE
+    const char *FASTXENT_BUILD_ISA_NOTE
+    const int FASTXENT_BUILD_ISA_MAX
+
+cdef extern from "xent_isa.h":
+    const char *FX_ISA_SPELLING
 
 
 def build_note():
     """Why the build is (or is not) multi-threaded: the OpenMP probe's verdict at build time."""
     return FASTXENT_BUILD_OPENMP_NOTE.decode()
+
+
+def isa_build():
+    """The instruction-set variants as built: the highest level whose code the build-time probe
+    found to use its registers (0 baseline, 1 AVX2 / ymm, 2 AVX-512 / zmm), the probe's note,
+    and the attribute spelling compiled (buildtools/isa_probe.py, xent_isa.h)."""
+    return {"max_level": FASTXENT_BUILD_ISA_MAX, "note": FASTXENT_BUILD_ISA_NOTE.decode(),
+            "spelling": FX_ISA_SPELLING.decode()}
 
 
 def build_flags():

@@ -81,7 +81,8 @@ def _warn_serial_build(requested: int) -> None:
 
 
 def cpu_isa() -> str:
-    """Best instruction-set path this CPU supports: 'baseline', 'avx2' or 'avx512'."""
+    """Best instruction-set path this CPU supports and this build compiled as such (checked
+    when the extension was built): 'baseline', 'avx2' or 'avx512'."""
     return ISA_NAMES[_kernels.cpu_isa()]
 
 
@@ -137,6 +138,7 @@ def config_dict() -> dict:
         "num_procs": _kernels.num_procs(),
         "isa": get_isa(),
         "cpu_isa": cpu_isa(),
+        "isa_build": _isa_build_text(),
         "compiler": flags["compiler"],
         "cflags": flags["cflags"],
         "ldflags": flags["ldflags"],
@@ -154,6 +156,11 @@ def _dtypes_text() -> str:
             else "bfloat16 (needs ml_dtypes, not installed)")
     return (f"float32, float64; float16, {bf16} computed in float32 (portable 16-bit "
             "conversions, vectorized on the selected path)")
+
+
+def _isa_build_text() -> str:
+    info = _kernels.isa_build()
+    return f"{info['note']}; attributes {info['spelling']}"
 
 
 def _buffer_cache_text() -> str:

@@ -72,9 +72,11 @@ def workload_rows(work: Workload, cands: list[dict], rounds: int, n_threads: int
     n_threads : int
         The run's thread count (``--threads``).
     how : str
-        ``"min"`` or ``"median"``; many-calls workloads always use the median.
+        ``"min"`` or ``"median"``; many-calls and busy-core workloads always use the median
+        (the minimum of a busy-core row is its least disturbed round, which hides what the
+        goal is about).
     """
-    how = "median" if work.many_calls else how
+    how = "median" if work.many_calls or work.busy else how
     nbytes = int(np.prod(work.shape)) * itemsize(work.dtype)
     roof = next((stat(c["times"], how) for c in cands
                  if c["system"] == "roofline" and c["times"]), None)
@@ -145,7 +147,7 @@ def agreement(cands: list[dict]) -> dict:
 
 def progress_line(work: Workload, cands: list[dict], rounds: int, how: str) -> str:
     """One readable line of what a workload measured, for the progress log."""
-    how = "median" if work.many_calls else how
+    how = "median" if work.many_calls or work.busy else how
     parts = []
     for c in cands:
         name = DISPLAY[c["system"]]
@@ -317,7 +319,8 @@ def report_markdown(result: dict, available: dict, args, png_name) -> str:
         f"Each time is the **{args.stat}** over the rounds, after one warm-up call (JAX "
         "compiled then). Short calls (the small and in-cache groups, the 256 x 100 AVX2 rows): "
         f"each sample times as many calls as last at least {result['min_sample_s'] * 1e3:g} ms, "
-        "and the time per call is the **median** of the samples. Copy roofline: "
+        "and the time per call is the **median** of the samples; the busy-core rows are the "
+        "**median** over the rounds too. Copy roofline: "
         "`np.copyto(dst, x)` of the logits into a touched buffer (one thread).",
         "- Peer cells: peer time (peer time / fastxent time; above 1 means fastxent is faster). "
         "`n/a`: peer not installed" + (" or `--no-peers`" if args.no_peers else "")
