@@ -439,6 +439,22 @@ def test_other_entry_points_refuse_low_precision(dtype, rng):
         fx.nll_loss(h, np.zeros(4, np.int64))
 
 
+def test_boosting_objectives_compute_low_precision_scores_in_float64(dtype, rng):
+    from fastxent.objectives import sigmoid_gradient_hessian, softmax_gradient_hessian
+
+    raw = rng.standard_normal((20, 4)).astype(dtype)
+    labels = rng.integers(0, 4, 20)
+    grad, hess = softmax_gradient_hessian(labels, raw)
+    g64, h64 = softmax_gradient_hessian(labels, raw.astype(np.float64))
+    assert grad.dtype == np.float64
+    np.testing.assert_array_equal(grad, g64)
+    np.testing.assert_array_equal(hess, h64)
+    z = (labels > 1).astype(np.float64)
+    grad, hess = sigmoid_gradient_hessian(z, raw[:, 0])
+    g64, _ = sigmoid_gradient_hessian(z, raw[:, 0].astype(np.float64))
+    np.testing.assert_array_equal(grad, g64)
+
+
 def test_bad_dtypes_name_every_accepted_dtype():
     for bad in (np.int32, np.complex64, np.longdouble, bool):
         with pytest.raises(TypeError, match=r"y_pred must have dtype float32, float64, "

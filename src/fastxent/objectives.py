@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastxent._validation import is_bfloat16
 from fastxent.focal import BinaryFocalCrossentropy, SparseCategoricalFocalCrossentropy
 from fastxent.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
 
@@ -101,7 +102,8 @@ def _sample_weight(weight):
 def _as_float_scores(raw, name="y_pred"):
     arr = np.asarray(raw)
     if arr.dtype not in (np.float32, np.float64):
-        if not np.issubdtype(arr.dtype, np.number):
+        # other numbers (integers, float16, bfloat16) are computed in float64
+        if not (np.issubdtype(arr.dtype, np.number) or is_bfloat16(arr.dtype)):
             raise TypeError(f"{name} must hold raw scores (floats), got dtype {arr.dtype}")
         arr = arr.astype(np.float64)
     return arr
@@ -125,6 +127,7 @@ def softmax_gradient_hessian(
         Class indices in ``[0, n_classes)``; integers, or floats holding integers (as
         LightGBM and XGBoost store labels).
     raw_scores : ndarray of shape (n_samples, n_classes), float32 or float64
+        (other real dtypes, float16 and bfloat16 included, are converted to float64)
         Raw scores (logits).  Also accepted: LightGBM < 4's flat class-major layout of
         size ``n_samples * n_classes`` (``raw[k * n_samples + i]``); the result then has
         the same flat layout.
@@ -203,6 +206,7 @@ def sigmoid_gradient_hessian(
     labels : array_like of shape (n_samples,)
         Targets in [0, 1].
     raw_scores : array_like of shape (n_samples,), float32 or float64
+        (other real dtypes are converted to float64)
         Raw scores (logits); a trailing axis of size 1 is accepted.
     sample_weight : array_like of shape (n_samples,), optional
     label_smoothing : float in [0, 1]
