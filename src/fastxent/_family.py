@@ -5,9 +5,11 @@ Each loss reaches the kernels through ``fastxent._dispatch`` and reduces through
 
 * integer labels (sparse focal, generalized cross-entropy from logits): the per-row loss is
   a function ``h(log p_y)`` of the labelled class's log-probability, and its gradient is the
-  cross-entropy gradient times the per-row factor ``F = -dh/dlog p``.  One kernel pass gives
-  ``-log p_y`` per row; when a gradient is wanted a second pass writes the cross-entropy
-  gradient with each row's scale (sample weight x mask / denominator) multiplied by ``F``.
+  cross-entropy gradient times the per-row factor ``F = -dh/dlog p``.  From logits one
+  kernel pass gives ``-log p_y`` per row and the gradient, the kernel scaling each row's
+  cross-entropy gradient by ``F`` (``row_fn``); rows split across threads (262,144 classes
+  or more) and Hessian calls take two passes: ``-log p_y`` first, then the gradient with
+  each row's scale (sample weight x mask / denominator) multiplied by ``F``.
 * KL divergence from logits: the soft-target cross-entropy kernel (gradient
   ``(sum t) softmax - t``) plus the kernel of ``sum t log t`` per row.
 * binary focal from logits: its own kernel (``_kernels.binary_focal``), one read of the

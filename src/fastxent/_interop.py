@@ -52,5 +52,5 @@ def from_dlpack(a, name: str) -> np.ndarray:
             raise TypeError(
                 f"{name} ({type(a).__module__}.{type(a).__name__} of dtype {dtype}) could not "
                 f"be read as a NumPy array through DLPack ({exc}); convert it to float32 or "
-                "float64 first"
+                "float64 first (fastxent.torch reads bfloat16 and float16 tensors directly)"
             ) from None

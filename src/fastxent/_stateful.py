@@ -443,7 +443,7 @@ def _progress_bar(progress, total: int, desc: str):
         from tqdm.auto import tqdm
     except ImportError:
         if progress:
-            warnings.warn("progress=True needs tqdm (pip install 'fastxent[metrics]'); "
+            warnings.warn("progress=True needs tqdm (pip install '.[metrics]' from a clone, or pip install tqdm); "
                           "evaluating without a progress bar", stacklevel=3)
         return None
     # auto (None): the bar appears only on runs longer than two seconds
@@ -471,7 +471,7 @@ def evaluate(metric, y_true, y_pred, *, sample_weight=None, batch_rows=None, pro
         Rows per chunk; by default about 8 MiB of ``y_pred``.
     progress : bool or None
         A ``tqdm`` progress bar: True always, False never, None (default) on runs longer
-        than two seconds.  Without tqdm installed (``pip install 'fastxent[metrics]'``)
+        than two seconds.  Without tqdm installed (``pip install '.[metrics]'``)
         there is no bar.
 
     Returns

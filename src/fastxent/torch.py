@@ -10,7 +10,7 @@ fastxent and saves the gradient; the backward only scales it by the incoming gra
 Tensors are shared with NumPy without a copy (``tensor.detach().numpy()``) and the results
 come back with ``torch.from_numpy``.  Inputs must be CPU tensors of float32 or float64
 (bfloat16 / float16 when the installed kernels compute in them); targets and weights must
-not require grad.  The module needs PyTorch (``pip install fastxent[torch]``);
+not require grad.  The module needs PyTorch (``pip install '.[torch]'`` from a clone);
 ``import fastxent`` does not import it.
 
 Memory and copies
