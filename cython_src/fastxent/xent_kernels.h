@@ -132,14 +132,45 @@ static inline int fx_team_size(int n_threads, int64_t n_items, int64_t n_element
 }
 
 /* What a runner's items read (fx_run_items passes it to every item): the job, rows per block
- * or chunks per row, and per-item / per-row scratch of the split paths. */
+ * or chunks per row, per-item / per-row scratch of the split paths, and the per-thread float
+ * scratch of the low-precision runners (fx_team_scratch). */
 typedef struct {
     const fx_job *J;
     int64_t per;
     double *st;
     double *rowT;
     int8_t *status;
+    float *scratch;         /* thread t's: scratch + t * stride, regions of cap floats */
+    int64_t cap, stride;
+    int softmax;            /* low-precision blocks: the softmax kernels (else sigmoid) */
 } fx_items;
+
+/* fn over the fixed blocks of rows of J (fx_rows_per_block rows each; the row length decides,
+ * never the thread count) on a team of fx_team_size threads; returns the sum of fn's counts. */
+static int64_t fx_run_row_blocks(const fx_job *J, fx_item_fn fn)
+{
+    const int64_t N = J->n_rows, C = J->n_cols;
+    const int64_t rpb = fx_rows_per_block(C), nblocks = (N + rpb - 1) / rpb;
+    const fx_items it = {J, rpb, NULL, NULL, NULL};
+    return fx_run_items(fx_team_size(J->n_threads, nblocks, N * C), nblocks, fn, &it);
+}
+
+/* Float scratch for a team of nt threads, allocated once before the loop: `regions` regions
+ * of cap floats per thread, thread t's from it->scratch + t * it->stride (a multiple of 16
+ * floats, so every thread's scratch keeps the alignment of the first).  Returns it->scratch, NULL when it could not be allocated; free it after the loop. */
+static float *fx_team_scratch(fx_items *it, int nt, int64_t cap, int regions)
+{
+    it->cap = cap;
+    it->stride = (cap * regions + 15) / 16 * 16;
+    it->scratch = (float *)malloc(sizeof(float) * (size_t)(it->stride > 0 ? it->stride : 16)
+                                  * (size_t)nt);
+    return it->scratch;
+}
+
+static inline float *fx_thread_scratch(const fx_items *it, int thread)
+{
+    return it->scratch + (int64_t)thread * it->stride;
+}
 
 /* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES fixed lanes combined in a fixed order:
  * the one float64 summation of the reductions (losses, weights, denominators). */

@@ -40,8 +40,9 @@
 #include <time.h>
 #endif
 
-/* fn(ctx, item) computes one item and returns a count (summed over the items) */
-typedef int64_t (*fx_item_fn)(const void *ctx, int64_t item);
+/* fn(ctx, item, thread) computes one item and returns a count (summed over the items);
+ * thread (0 .. nt - 1, 0 on the calling thread) says whose per-thread scratch it may use. */
+typedef int64_t (*fx_item_fn)(const void *ctx, int64_t item, int thread);
 
 #if defined(_OPENMP) && defined(__GNUC__)
 #define FX_TEAM_WAITS 1
@@ -137,8 +138,9 @@ static void fx_backoff_record(int master_naps)
 #define FX_TEAM_WAITS 0
 #endif
 
-/* Run fn(ctx, item) for item = 0 .. n_items - 1 on a team of at most nt threads (nt <= 1:
- * on the calling thread, no parallel region) and return the sum of what fn returned. */
+/* Run fn(ctx, item, thread) for item = 0 .. n_items - 1 on a team of at most nt threads
+ * (nt <= 1: on the calling thread, no parallel region) and return the sum of what fn
+ * returned.  thread < nt always, so scratch for nt threads suffices. */
 static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *ctx)
 {
     int64_t total = 0;
@@ -147,7 +149,7 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
         || fx_backoff_serial()
 #endif
        ) {
-        for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i);
+        for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
         return total;
     }
 #if FX_TEAM_WAITS
@@ -158,16 +160,17 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
     #pragma omp parallel num_threads(nt) reduction(+:total)
     {
         const int64_t t0 = fx_now_ns();
+        const int me = omp_get_thread_num();
         int64_t mine = 0, i;
         while ((i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < n_items) {
-            total += fn(ctx, i);
+            total += fn(ctx, i, me);
             mine++;
         }
         if (mine > 0) __atomic_fetch_add(&finished, mine, __ATOMIC_RELEASE);
         /* spin for two of this thread's item times (within bounds), then nap */
         int64_t spin = mine > 0 ? 2 * (fx_now_ns() - t0) / mine : FX_SPIN_MIN_NS;
         spin = spin < FX_SPIN_MIN_NS ? FX_SPIN_MIN_NS : (spin > FX_SPIN_MAX_NS ? FX_SPIN_MAX_NS : spin);
-        if (omp_get_thread_num() != 0) {
+        if (me != 0) {
             fx_wait_count(&finished, n_items, spin);
             __atomic_fetch_add(&entering, 1, __ATOMIC_RELEASE);
         } else {
@@ -176,8 +179,12 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
     }
     fx_backoff_record(master_naps);
 #else
+#ifdef _OPENMP
     #pragma omp parallel for schedule(dynamic) num_threads(nt) reduction(+:total)
-    for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i);
+    for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, omp_get_thread_num());
+#else
+    for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
+#endif
 #endif
     return total;
 }
