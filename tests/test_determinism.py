@@ -2,11 +2,11 @@
 instruction-set path the CPU supports.
 
 The kernels split the rows into fixed-size blocks that do not depend on the thread count, sum
-each row in fixed lanes combined in a fixed order, and the reductions run in NumPy's
-deterministic pairwise sum; -ffp-contract=off keeps the AVX2 / AVX-512 paths on the same bits
-as the baseline path.  So every result here is compared with ``==`` on the raw bits, not
-with a tolerance.  NaN is compared NaN-aware: the NaN positions must agree and every other
-bit pattern must be identical.
+each row in fixed lanes combined in a fixed order, and reduce the losses block by block (each
+block in fixed lanes, the blocks added in block order); -ffp-contract=off keeps the AVX2 /
+AVX-512 paths on the same bits as the baseline path.  So every result here is compared with
+``==`` on the raw bits, not with a tolerance.  NaN is compared NaN-aware: the NaN positions
+must agree and every other bit pattern must be identical.
 
 The shapes are chosen so that the work is split into several blocks (more blocks than
 threads) and so that rows are longer than, shorter than and not a multiple of the 16

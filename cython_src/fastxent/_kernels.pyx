@@ -5,7 +5,8 @@
 * ``softmax`` / ``sigmoid``: the kernels of xent_kernels.h on C-contiguous (rows, classes)
   buffers that ``fastxent._dispatch`` laid out; the GIL is released while they run.
 * ``plan`` / ``weighted_total``: the reduction arithmetic (denominator, per-row gradient
-  scale, the float64 sum) that ``fastxent._reduction`` exposes.
+  scale, the float64 sum by the kernels' fixed blocks of rows) that ``fastxent._reduction``
+  exposes.
 * ``fast_call``: the common call (ndarrays, class axis last, contiguous) checked, planned,
   run and reduced without leaving compiled code; ``None`` sends a call to the general path.
 * output buffers from a NumPy memory handler that reuses large blocks (fx_buffer_cache.h),
@@ -22,11 +23,11 @@ from libc.string cimport memset
 from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
 from fastxent._xent cimport (
     FX_BFLOAT16, FX_FLOAT16, FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK,
-    FX_SPLIT_MIN, fx_bf16_to_f32, fx_binary_focal, fx_cpu_isa_level, fx_dot_lanes,
-    fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16, fx_f32_to_f16, fx_get_isa,
-    fx_job,
-    fx_log1p_unit, fx_log1pf_recip, fx_log_pos, fx_round_float, fx_set_isa, fx_sigmoid,
-    fx_softmax, fx_xlogx,
+    FX_SPLIT_MIN, fx_bf16_to_f32, fx_binary_focal, fx_blocked_total, fx_cpu_isa_level,
+    fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16,
+    fx_f32_to_f16, fx_get_isa, fx_job, fx_log1p_unit, fx_log1pf_recip, fx_log_pos,
+    fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa, fx_sigmoid, fx_softmax,
+    fx_sum_blocks, fx_xlogx,
 )
 
 import numpy as np
@@ -184,11 +185,22 @@ def plan(str reduction, int64_t n_rows, weights=None, labels=None, ignore_class=
     return denom, grad_scale(red, denom), weff
 
 
-def weighted_total(cnp.ndarray values, weights=None):
-    """sum(values * weights) (weights None: sum(values)) of float64 C-contiguous vectors, in
-    fixed lanes and a fixed order (the same bits for any thread count or path)."""
+def weighted_total(cnp.ndarray values, weights, int64_t row_length):
+    """sum(values * weights) (weights None: sum(values)) of float64 C-contiguous per-row
+    losses of rows of ``row_length`` elements.
+
+    The kernels' definition of the sum (xent_kernels.h): blocks of ``rows_per_block(row_length)``
+    rows, each summed in fixed lanes combined in a fixed order, the blocks added in order.  So
+    the total is the one the fast path computes inside the kernel, for any thread count.
+    """
     cdef int64_t n = cnp.PyArray_SIZE(values)
-    return fx_dot_lanes(<const double *>cnp.PyArray_DATA(values), opt_ptr(weights), n)
+    return fx_blocked_total(<const double *>cnp.PyArray_DATA(values), opt_ptr(weights), n,
+                            fx_rows_per_block(row_length))
+
+
+def rows_per_block(int64_t row_length):
+    """Rows per fixed block of the kernels (and of their sums) for rows of this length."""
+    return fx_rows_per_block(row_length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,6 +285,8 @@ cdef void fill_job(fx_job *J, int code, int target_code, bint from_logits, int n
     J.gscale = gscale
     J.loss = loss
     J.lse = lse
+    J.block_sums = NULL
+    J.sum_w = NULL
     J.P.keep = keep
     J.P.spread = spread
     J.P.zloss = zloss
@@ -476,20 +490,31 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     cdef cnp.ndarray grad = None
     if want_grad:
         grad = _empty(nd, cnp.PyArray_DIMS(x), typenum)
-    # per-row scratch: the losses, then (when needed) the effective weights and the class
-    # weights of a weighted mean.  An ndarray, so that a large one gets NumPy's huge pages
-    # (or a reused block of the cache) instead of a page fault per 4 KiB.
+    # per-row scratch, as needed: the losses (reduction "none" only: any other reduction
+    # takes the kernel's sums of its fixed blocks), the effective weights and the class
+    # weights of a weighted mean.  An ndarray, so that a large one gets NumPy's huge pages (or
+    # a reused block of the cache) instead of a page fault per 4 KiB.
     cdef const int64_t *labels = NULL
     if softmax and o.sparse:
         labels = <const int64_t *>cnp.PyArray_DATA(t)
     cdef bint use_weff = sample_weight is not None or (labels != NULL
                                                       and o.ignore_class is not None)
-    cdef cnp.npy_intp n_scratch = N * (2 + use_weff)
+    cdef bint per_row = o._red == RED_NONE
+    cdef bint use_cls = (o._red == RED_WEIGHTED and labels != NULL
+                         and o.class_weight is not None)
+    cdef int64_t nblocks = fx_n_blocks(N, fx_rows_per_block(C))
+    cdef cnp.npy_intp n_scratch = N * (per_row + use_weff + use_cls) + (0 if per_row
+                                                                        else nblocks)
     cdef cnp.ndarray scratch_arr = _empty(1, &n_scratch, cnp.NPY_FLOAT64)
     cdef double *scratch = <double *>cnp.PyArray_DATA(scratch_arr)
-    cdef double *loss = scratch
-    cdef double *cls = scratch + N
-    cdef double *weff = scratch + 2 * N if use_weff else NULL
+    cdef double *loss = scratch if per_row else NULL
+    cdef double *sums = NULL if per_row else scratch
+    scratch += N if per_row else nblocks
+    cdef double *weff = NULL
+    if use_weff:
+        weff = scratch
+        scratch += N
+    cdef double *cls = scratch if use_cls else NULL
     cdef fx_job J
     cdef double denom
     cdef int64_t bad
@@ -501,36 +526,43 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
              NULL if labels != NULL else cnp.PyArray_DATA(t), labels, weff, loss, NULL,
              o._keep, o.label_smoothing / (C if softmax else 2.0), o.z_loss, o.epsilon,
              grad_scale(o._red, denom), o.class_weight, o.pos_weight, o.ignore_class)
+    J.block_sums = sums
+    J.sum_w = weff
     bad = run_job(&J, softmax, size >= NOGIL_ELEMENTS)
     if bad:
         return None
     if grad is not None and o._red >= RED_BATCH and denom == 0.0:
         # a mean over nothing is 0.0, and so is its gradient (0 * NaN would be NaN)
         memset(cnp.PyArray_DATA(grad), 0, cnp.PyArray_NBYTES(grad))
-    value = _reduced(o._red, loss, weff, N, denom, nd - 1, cnp.PyArray_DIMS(x),
-                     cnp.NPY_FLOAT32 if lowp else typenum)
+    if per_row:
+        value = _weighted_rows(loss, weff, N, nd - 1, cnp.PyArray_DIMS(x),
+                               cnp.NPY_FLOAT32 if lowp else typenum)
+    else:
+        value = _reduced(o._red, fx_sum_blocks(sums, nblocks), denom)
     return (value, grad) if want_grad else value
 
 
-cdef object _reduced(int red, const double *loss, const double *weff, int64_t n, double denom,
-                     int nd, cnp.npy_intp *dims, int typenum):
-    cdef double total
+cdef object _weighted_rows(const double *loss, const double *weff, int64_t n, int nd,
+                           cnp.npy_intp *dims, int typenum):
+    """Reduction "none": loss x weight per row, in the result's dtype and batch shape."""
     cdef int64_t i
-    cdef cnp.ndarray out
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     cdef float *of
     cdef double *od
-    if red == RED_NONE:
-        out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-        if typenum == cnp.NPY_FLOAT32:
-            of = <float *>cnp.PyArray_DATA(out)
-            for i in range(n):
-                of[i] = <float>(loss[i] * (1.0 if weff == NULL else weff[i]))
-        else:
-            od = <double *>cnp.PyArray_DATA(out)
-            for i in range(n):
-                od[i] = loss[i] * (1.0 if weff == NULL else weff[i])
-        return out
-    total = fx_dot_lanes(loss, weff, n)
+    if typenum == cnp.NPY_FLOAT32:
+        of = <float *>cnp.PyArray_DATA(out)
+        for i in range(n):
+            of[i] = <float>(loss[i] * (1.0 if weff == NULL else weff[i]))
+    else:
+        od = <double *>cnp.PyArray_DATA(out)
+        for i in range(n):
+            od[i] = loss[i] * (1.0 if weff == NULL else weff[i])
+    return out
+
+
+cdef inline object _reduced(int red, double total, double denom):
+    """A reduction other than "none" of the weighted total: the sum, or the mean (0.0 over
+    nothing)."""
     if red == RED_SUM:
         return total
     return total / denom if denom != 0.0 else 0.0

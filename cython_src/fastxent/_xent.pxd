@@ -1,5 +1,5 @@
 # The C kernel layer (xent_kernels.h), declared once: the call description and its two
-# entry points, the instruction-set state, the reduction sum and the elementary functions.
+# entry points, the instruction-set state, the reduction sums and the elementary functions.
 from libc.stdint cimport int64_t
 
 
@@ -35,6 +35,8 @@ cdef extern from "xent_kernels.h" nogil:
         const double *gscale
         double *loss
         double *lse
+        double *block_sums
+        const double *sum_w
         fx_params P
 
     const int FX_FLOAT32
@@ -51,6 +53,10 @@ cdef extern from "xent_kernels.h" nogil:
     int64_t fx_binary_focal(const fx_job *J)
     int64_t fx_xlogx(const fx_job *J)
     double fx_dot_lanes(const double *a, const double *w, int64_t n)
+    double fx_sum_blocks(const double *part, int64_t nblocks)
+    double fx_blocked_total(const double *a, const double *w, int64_t n, int64_t rpb)
+    int64_t fx_rows_per_block(int64_t n)
+    int64_t fx_n_blocks(int64_t n, int64_t rpb)
     double fx_round_float(double v)
 
     int fx_set_isa(int level)

@@ -33,6 +33,8 @@
 #define FX_RG 32      /* rows per transposed group (the vector lanes) */
 #define FX_SPLIT_MIN 262144  /* rows of at least this many elements are split across threads */
 #define FX_SPLIT_CHUNK 65536 /* ... into chunks of this many elements (fixed: thread-count free) */
+#define FX_SUM_ROWS 2048     /* rows per stack buffer of losses when a block sums them (a
+                                * multiple of FX_LANES and FX_RG; 16 KiB) */
 
 typedef struct {
     double keep;        /* 1 - label_smoothing */
@@ -99,8 +101,11 @@ typedef struct {
     const void *target;     /* soft targets (softmax) or binary targets (sigmoid), shape of x */
     const int64_t *labels;  /* integer labels, one per row (softmax) */
     const double *gscale;   /* per-row gradient factor (times P.gs0) */
-    double *loss;           /* per-row loss, always written */
+    double *loss;           /* per-row loss; may be NULL when block_sums is given */
     double *lse;            /* per-row log-sum-exp (softmax from logits) */
+    double *block_sums;     /* NULL, or one double per fixed block of rows (fx_n_blocks):
+                             * block b's sum_r sum_w[r] loss[r] (fx_dot_lanes over its rows) */
+    const double *sum_w;    /* the weights of those sums (NULL: 1) */
     fx_params P;
 } fx_job;
 
@@ -116,6 +121,12 @@ static inline int64_t fx_rows_per_block(int64_t n)
 {
     int64_t b = FX_BLOCK_ELEMENTS / (n > 0 ? n : 1);
     return b > 0 ? b : 1;
+}
+
+/* The number of fixed blocks of rpb rows that cover n rows. */
+static inline int64_t fx_n_blocks(int64_t n, int64_t rpb)
+{
+    return (n + rpb - 1) / rpb;
 }
 
 /* Threads for a loop over n_items blocks holding n_elements in all: never more than there are
@@ -150,7 +161,7 @@ typedef struct {
 static int64_t fx_run_row_blocks(const fx_job *J, fx_item_fn fn)
 {
     const int64_t N = J->n_rows, C = J->n_cols;
-    const int64_t rpb = fx_rows_per_block(C), nblocks = (N + rpb - 1) / rpb;
+    const int64_t rpb = fx_rows_per_block(C), nblocks = fx_n_blocks(N, rpb);
     const fx_items it = {J, rpb, NULL, NULL, NULL};
     return fx_run_items(fx_team_size(J->n_threads, nblocks, N * C), nblocks, fn, &it);
 }
@@ -172,11 +183,22 @@ static inline float *fx_thread_scratch(const fx_items *it, int thread)
     return it->scratch + (int64_t)thread * it->stride;
 }
 
-/* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES fixed lanes combined in a fixed order:
- * the one float64 summation of the reductions (losses, weights, denominators). */
-static double fx_dot_lanes(const double *a, const double *w, int64_t n)
+/*
+ * The float64 sums of the reductions.  A weighted sum of per-row losses,
+ * sum_r w[r] loss[r] (w NULL: 1), is defined once, for every path and thread count:
+ *   - the rows are cut into the fixed blocks of the runners, fx_rows_per_block(row length)
+ *     rows each (the row length decides, never the thread count);
+ *   - a block's sum runs in FX_LANES lanes (row i of the block into lane i mod FX_LANES, in
+ *     row order), the lanes combined in fx_lanes_total's fixed pairwise order (fx_dot_lanes);
+ *   - the blocks' sums are added in block order (fx_sum_blocks).
+ * The runners compute a block's sum as they compute its rows (fx_job.block_sums), without an
+ * array of per-row losses; fx_blocked_total gives the same bits from such an array.
+ */
+
+/* acc[i mod FX_LANES] += a[i] * w[i] (w NULL: a[i]) for i < n, in order.  Spans given one
+ * after another continue one sum when all but the last have a multiple of FX_LANES terms. */
+static inline void fx_lanes_add(double *acc, const double *a, const double *w, int64_t n)
 {
-    double acc[FX_LANES] = {0.0};
     int64_t i = 0;
     if (w == NULL) {
         for (; i + FX_LANES <= n; i += FX_LANES)
@@ -187,7 +209,58 @@ static double fx_dot_lanes(const double *a, const double *w, int64_t n)
             for (int j = 0; j < FX_LANES; j++) acc[j] += a[i + j] * w[i + j];
         for (int j = 0; i + j < n; j++) acc[j] += a[i + j] * w[i + j];
     }
+}
+
+/* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES lanes combined in a fixed order: one
+ * block's sum, and the sums of weights of the denominators. */
+static double fx_dot_lanes(const double *a, const double *w, int64_t n)
+{
+    double acc[FX_LANES] = {0.0};
+    fx_lanes_add(acc, a, w, n);
     return fx_lanes_total(acc);
+}
+
+/* The blocks' sums added in block order. */
+static double fx_sum_blocks(const double *part, int64_t nblocks)
+{
+    double s = 0.0;
+    for (int64_t b = 0; b < nblocks; b++) s += part[b];
+    return s;
+}
+
+/* Block b's sum of n per-row losses, blocks of rpb rows: fx_dot_lanes over its rows. */
+static inline double fx_block_sum(const double *a, const double *w, int64_t n, int64_t rpb,
+                                  int64_t b)
+{
+    const int64_t r0 = b * rpb, len = (n - r0 < rpb) ? n - r0 : rpb;
+    return fx_dot_lanes(a + r0, (w != NULL) ? w + r0 : NULL, len);
+}
+
+/* sum_i a[i] * w[i] of n per-row losses by blocks of rpb rows: the reduction's total. */
+static double fx_blocked_total(const double *a, const double *w, int64_t n, int64_t rpb)
+{
+    double s = 0.0;
+    for (int64_t b = 0; b < fx_n_blocks(n, rpb); b++) s += fx_block_sum(a, w, n, rpb, b);
+    return s;
+}
+
+/* The per-row losses of a split runner (rows of at least FX_SPLIT_MIN elements, so few):
+ * J->loss, or an array of its own when the job wants block sums only (NULL: no memory). */
+static double *fx_split_losses(const fx_job *J)
+{
+    if (J->loss != NULL) return J->loss;
+    return (double *)malloc(sizeof(double) * (size_t)(J->n_rows > 0 ? J->n_rows : 1));
+}
+
+/* After a split runner: the block sums from its per-row losses, and their array freed. */
+static void fx_split_finish(const fx_job *J, double *loss)
+{
+    if (J->block_sums != NULL) {
+        const int64_t rpb = fx_rows_per_block(J->n_cols);
+        for (int64_t b = 0; b < fx_n_blocks(J->n_rows, rpb); b++)
+            J->block_sums[b] = fx_block_sum(loss, J->sum_w, J->n_rows, rpb, b);
+    }
+    if (loss != J->loss) free(loss);
 }
 
 /* A low-precision softmax job from logits without the Hessian writes its float gradient over

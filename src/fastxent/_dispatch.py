@@ -239,8 +239,9 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         # no N x C float64 copy of a float32 target (and no threaded BLAS: same bits)
         sample_cw = np.einsum("ij,j->i", target, cw, dtype=np.float64)
     plan = _reduction.plan(
-        opts.reduction, n_rows, weights=_weights(sample_weight, lay), labels=labels,
-        ignore_class=opts.ignore_class, class_weight=cw, sample_class_weight=sample_cw,
+        opts.reduction, n_rows, row_length=ncls, weights=_weights(sample_weight, lay),
+        labels=labels, ignore_class=opts.ignore_class, class_weight=cw,
+        sample_class_weight=sample_cw,
     )
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
@@ -320,7 +321,8 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     n_rows, width = lay.x2.shape
     pw, pw_full = pos_weight_rows(opts.pos_weight, lay)
     z2 = lay.rows_of(t)
-    plan = _reduction.plan(opts.reduction, n_rows, weights=_weights(sample_weight, lay))
+    plan = _reduction.plan(opts.reduction, n_rows, row_length=width,
+                           weights=_weights(sample_weight, lay))
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
     loss64 = np.empty(n_rows)

@@ -209,8 +209,9 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
     given_shape = np.shape(y_pred)
     n_rows, ncls = lay.x2.shape
     cw = check_weight_vector(o.class_weight, "class_weight", ncls, "class")
-    plan = _reduction.plan(o.reduction, n_rows, weights=_dispatch._weights(sample_weight, lay),
-                           labels=labels, ignore_class=o.ignore_class, class_weight=cw)
+    plan = _reduction.plan(o.reduction, n_rows, row_length=ncls,
+                           weights=_dispatch._weights(sample_weight, lay), labels=labels,
+                           ignore_class=o.ignore_class, class_weight=cw)
     grad2, hess2 = _dispatch._outputs(lay, y_true, sample_weight, want_grad, want_hess, gout,
                                       inplace)
     loss64 = np.zeros(n_rows)
@@ -471,7 +472,8 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     if isinstance(spec.alpha, np.ndarray) and spec.alpha.shape != (ncls,):
         raise ValueError(f"alpha must have one entry per class ({ncls}), got shape "
                          f"{spec.alpha.shape}")
-    plan = _reduction.plan(o.reduction, n_rows, weights=_dispatch._weights(sample_weight, lay))
+    plan = _reduction.plan(o.reduction, n_rows, row_length=ncls,
+                           weights=_dispatch._weights(sample_weight, lay))
     grad2, hess2 = _dispatch._outputs(lay, y_true, sample_weight, want_grad, want_hess, gout,
                                       inplace)
     loss64 = np.empty(n_rows)

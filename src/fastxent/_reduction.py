@@ -5,8 +5,12 @@ reduction here *before* the kernel runs, so that each row's gradient scale
 (sample weight x mask / denominator) is applied inside the kernel's single write of the
 gradient, and reduces the kernel's float64 per-row losses here afterwards.  The arithmetic is
 compiled (``fastxent._kernels.plan`` / ``weighted_total``) and shared with the fast path of
-common calls, so both give the same bits: sums run in float64 in fixed lanes and a fixed
-order, independent of the thread count.
+common calls, so both give the same bits.  The weighted sum of the losses is defined once, by
+the row length: the rows are cut into the kernels' fixed blocks
+(``_kernels.rows_per_block(row_length)`` rows each), a block is summed in float64 in 16 fixed
+lanes combined in a fixed order, and the blocks' sums are added in block order.  The fast path
+computes the same block sums inside the kernel, without writing the per-row losses; neither
+depends on the thread count.
 
 Reductions (Keras' names): ``"none"`` (the weighted per-sample losses), ``"sum"``,
 ``"sum_over_batch_size"`` (divided by the number of samples not ignored) and
@@ -31,6 +35,7 @@ class Plan:
     denominator: float  # 1.0 for "none" and "sum"
     gs0: float  # gradient scale common to all rows: 1 / denominator (0 for a zero one)
     weights: np.ndarray | None  # per-row sample weight x mask, float64 (None: all ones)
+    row_length: int = 1  # elements per row of the losses summed: sets the sum's blocks
 
     @property
     def empty_mean(self) -> bool:
@@ -40,12 +45,16 @@ class Plan:
         )
 
 
-def plan(reduction: str, n_rows: int, *, weights=None, labels=None, ignore_class=None,
-         class_weight=None, sample_class_weight=None) -> Plan:
+def plan(reduction: str, n_rows: int, *, row_length: int, weights=None, labels=None,
+         ignore_class=None, class_weight=None, sample_class_weight=None) -> Plan:
     """Plan ``reduction`` (already normalized) over ``n_rows`` rows.
 
     Parameters
     ----------
+    row_length : int
+        Elements per row of the (rows, classes) buffer whose per-row losses are summed: the
+        sum runs by the kernels' blocks of rows for that length (the same bits as the fast
+        path).  A caller without such a buffer passes the length its rows have.
     weights : float64 ndarray of n_rows, optional
         Flat sample weights.
     labels : int64 ndarray of n_rows, optional
@@ -66,12 +75,13 @@ def plan(reduction: str, n_rows: int, *, weights=None, labels=None, ignore_class
         None if sample_class_weight is None
         else np.ascontiguousarray(sample_class_weight, dtype=np.float64),
     )
-    return Plan(reduction, denom, gs0, weff)
+    return Plan(reduction, denom, gs0, weff, row_length)
 
 
 def total(loss64: np.ndarray, p: Plan) -> float:
-    """The weighted sum of flat float64 per-row losses (the numerator of every mean)."""
-    return _kernels.weighted_total(loss64, p.weights)
+    """The weighted sum of flat float64 per-row losses (the numerator of every mean), by the
+    blocks of rows of ``p.row_length``."""
+    return _kernels.weighted_total(loss64, p.weights, p.row_length)
 
 
 def reduce(loss64: np.ndarray, p: Plan, batch_shape: tuple, dtype):

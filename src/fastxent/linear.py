@@ -183,8 +183,8 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     weights = broadcast_sample_weight(sample_weight, batch_shape)
     weights = None if weights is None else as_kernel_array(weights).reshape(-1)
     valid = (lab != ignore_class) if ignore_class is not None else None
-    plan = _reduction.plan(reduction, lab.size, weights=weights, labels=lab,
-                           ignore_class=ignore_class)
+    plan = _reduction.plan(reduction, lab.size, row_length=n_vocab, weights=weights,
+                           labels=lab, ignore_class=ignore_class)
     opts = softmax_options(sparse=True, from_logits=True, label_smoothing=smoothing,
                            ignore_class=ignore_class, z_loss=z, reduction=reduction)
 
@@ -356,7 +356,7 @@ def _rows_plan(plan: _reduction.Plan, r0: int, r1: int, want_grad: bool) -> _red
     """``plan`` restricted to rows r0:r1 (the gradient scale 0 when none is written)."""
     weights = None if plan.weights is None else plan.weights[r0:r1]
     return _reduction.Plan(plan.reduction, plan.denominator, plan.gs0 if want_grad else 0.0,
-                           weights)
+                           weights, plan.row_length)
 
 
 def _reduce(loss64, p):

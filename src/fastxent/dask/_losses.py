@@ -652,8 +652,8 @@ def _block_denominator(y_true_b, *rest, kind, reduction, ignore_class, class_wei
             t = as_target_array(y_true_b, "y_true", np.dtype(target_dtype))
             sample_cw = (np.moveaxis(t, axis, -1).reshape(n_rows, -1).astype(np.float64)
                          @ class_weight)
-        plan = _reduction.plan(
-            reduction, n_rows, weights=None if w is None else np.reshape(w, -1),
+        plan = _reduction.plan(  # only its denominator is read: any row length
+            reduction, n_rows, row_length=1, weights=None if w is None else np.reshape(w, -1),
             labels=labels, ignore_class=ignore_class, class_weight=class_weight,
             sample_class_weight=sample_cw,
         )
