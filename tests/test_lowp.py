@@ -156,6 +156,118 @@ def test_narrowing_rounds_to_nearest_even(dtype):
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
 
 
+@pytest.fixture(params=fx.available_isas())
+def isa(request):
+    """Every instruction-set path this CPU has, restored afterwards."""
+    before = fx.get_isa()
+    fx.set_isa(request.param)
+    yield request.param
+    fx.set_isa(before)
+
+
+def test_row_kernel_conversions_on_every_isa(dtype, isa):
+    """The 16-bit row kernels convert whole rows (F16C / shifts in vectors, then an element
+    tail): every bit pattern widened and every narrowing case, on each path, give NumPy's and
+    ml_dtypes' results; lengths that leave tails of every size."""
+    f16 = dtype == np.float16
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    want = bits.view(dtype).astype(np.float32)
+    nan = np.isnan(want)
+    src = narrowing_cases(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want_n = src.astype(dtype)
+    for n in (1 << 16, (1 << 16) - 13, 31, 7):
+        got = _kernels.convert("f16_to_f32" if f16 else "bf16_to_f32", bits[-n:], rows=True)
+        keep = ~nan[-n:]
+        np.testing.assert_array_equal(np.isnan(got), nan[-n:])
+        np.testing.assert_array_equal(got[keep].view(np.uint32), want[-n:][keep].view(np.uint32))
+    for n in (src.size, src.size - 13, 1000, 31, 7):  # the ties and specials are last
+        got = _kernels.convert("f32_to_f16" if f16 else "f32_to_bf16", src[-n:],
+                               rows=True).view(dtype)
+        keep = ~np.isnan(src[-n:])
+        np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), ~keep)
+        np.testing.assert_array_equal(got[keep].view(np.uint16),
+                                      want_n[-n:][keep].view(np.uint16))
+    # NaN narrows to the quiet NaN of its sign whatever its payload (as the element code)
+    payloads = np.array([0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFFC00000, 0xFF812345] * 4,
+                        np.uint32).view(np.float32)
+    name = "f32_to_f16" if f16 else "f32_to_bf16"
+    np.testing.assert_array_equal(_kernels.convert(name, payloads, rows=True),
+                                  _kernels.convert(name, payloads))
+
+
+# sparse labels from logits: the 16-bit row kernels (rows longer than SHORT_ROWS and shorter
+# than SPLIT_MIN), with every option they take
+LABEL_ROW_OPTIONS = (
+    {},
+    {"label_smoothing": 0.1},
+    {"class_weight": "random", "z_loss": 1e-3, "ignore_class": 3,
+     "reduction": "mean_with_sample_weight"},
+    {"z_loss": 1e-3, "reduction": "sum"},
+)
+
+
+@pytest.mark.parametrize("shape", ((67, 17), (64, 1000), (3, 40_003)),
+                         ids=lambda s: "x".join(map(str, s)))
+def test_label_row_kernels_on_every_isa(shape, dtype, isa, rng):
+    """Every option against the oracle (loss within 1e-6, gradient within one ulp), the float32
+    results rounded bit for bit, a NaN row, a row of masked classes, ignored labels, in place,
+    and the same bits for 1, 2 and 3 threads."""
+    y, x = make_case("sparse_categorical", True, dtype, shape, rng)
+    y[2::5] = 3  # ignored below (row 0: the NaN row; row 1: masked classes)
+    sw = rng.uniform(0.5, 2.0, size=shape[0])
+    for opts in LABEL_ROW_OPTIONS:
+        opts = dict(opts)
+        if opts.get("class_weight") == "random":
+            opts["class_weight"] = rng.uniform(0.5, 2.0, shape[1])
+        loss = fx.SparseCategoricalCrossentropy(from_logits=True, **opts)
+        value, grad = loss.loss_and_grad(y, x, sw)
+        exp_loss, exp_grad = oracle("sparse_categorical", y, x, sample_weight=sw,
+                                    from_logits=True, **opts)
+        assert_loss_close(value, exp_loss, f"{opts} loss")
+        assert_within_ulp(grad, exp_grad, dtype, f"{opts} gradient")
+        g = grad.astype(np.float32)
+        assert np.isnan(g[0]).all() and not np.isnan(g[1:]).any()
+        if "label_smoothing" not in opts:  # (smoothing puts targets on masked classes)
+            assert (g[1, : shape[1] // 2] == 0).all()
+        if "ignore_class" in opts:
+            assert not g[2::5].any()
+        v32, g32 = loss.loss_and_grad(y, x.astype(np.float32), sw)
+        assert same_float(value, v32)
+        np.testing.assert_array_equal(grad.view(np.uint16), g32.astype(dtype).view(np.uint16))
+        per = fx.SparseCategoricalCrossentropy(from_logits=True, n_threads=1,
+                                               **{**opts, "reduction": "none"})
+        ref = per.loss_and_grad(y, x)
+        for n_threads in (2, 3):
+            got = fx.SparseCategoricalCrossentropy(
+                from_logits=True, n_threads=n_threads,
+                **{**opts, "reduction": "none"}).loss_and_grad(y, x)
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+            np.testing.assert_array_equal(got[1].view(np.uint16), ref[1].view(np.uint16))
+        work = x.copy()
+        v_in, g_in = loss.loss_and_grad(y, work, sw, inplace=True)
+        assert g_in is work and same_float(v_in, value)
+        np.testing.assert_array_equal(work.view(np.uint16), grad.view(np.uint16))
+
+
+def test_label_row_kernels_same_bits_on_every_isa(dtype, rng):
+    """The 16-bit row kernels return the same bits on every instruction-set path (NaN rows
+    included: NaN where the others have NaN)."""
+    y, x = make_case("sparse_categorical", True, dtype, (40, 1001), rng)
+    before = fx.get_isa()
+    results = []
+    try:
+        for name in fx.available_isas():
+            fx.set_isa(name)
+            results.append(fx.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="none", z_loss=1e-4).loss_and_grad(y, x))
+    finally:
+        fx.set_isa(before)
+    for per, grad in results[1:]:
+        np.testing.assert_array_equal(per, results[0][0])  # NaN where NaN
+        np.testing.assert_array_equal(grad.view(np.uint16), results[0][1].view(np.uint16))
+
+
 # ------------------------------------------------------------------ every loss vs the oracle
 
 

@@ -26,8 +26,8 @@ from fastxent._xent cimport (
     FX_SPLIT_MIN, fx_bf16_to_f32, fx_binary_focal, fx_blocked_total, fx_cpu_isa_level,
     fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16,
     fx_f32_to_f16, fx_get_isa, fx_job, fx_log1p_unit, fx_log1pf_recip, fx_log_pos,
-    fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa, fx_sigmoid, fx_softmax,
-    fx_sum_blocks, fx_xlogx,
+    fx_lowp_convert, fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa, fx_sigmoid,
+    fx_softmax, fx_sum_blocks, fx_xlogx,
 )
 
 import numpy as np
@@ -732,10 +732,12 @@ def elementary(str name, x, double shift=0.0):
     return out
 
 
-def convert(str name, values):
-    """The kernels' conversions element by element, for tests/test_lowp.py: "f16_to_f32" and
-    "bf16_to_f32" widen uint16 bit patterns to float32; "f32_to_f16" and "f32_to_bf16" narrow
-    float32 values to uint16 bit patterns (rounded to nearest even)."""
+def convert(str name, values, bint rows=False):
+    """The kernels' conversions, for tests/test_lowp.py: "f16_to_f32" and "bf16_to_f32" widen
+    uint16 bit patterns to float32; "f32_to_f16" and "f32_to_bf16" narrow float32 values to
+    uint16 bit patterns (rounded to nearest even).  Element by element (xent_lowp.h), or with
+    ``rows=True`` as the 16-bit row kernels of the selected instruction-set path convert a
+    row (vectors, then an element tail)."""
     if name not in ("f16_to_f32", "bf16_to_f32", "f32_to_f16", "f32_to_bf16"):
         raise ValueError(f"unknown conversion {name!r}")
     cdef bint widen = name.endswith("_to_f32")
@@ -744,6 +746,11 @@ def convert(str name, values):
     cdef unsigned short[::1] h = src if widen else out
     cdef float[::1] f = out if widen else src
     cdef Py_ssize_t i
+    if rows:
+        if h.shape[0]:
+            fx_lowp_convert(FX_BFLOAT16 if "bf16" in name else FX_FLOAT16, widen,
+                            &h[0] if widen else &f[0], &f[0] if widen else &h[0], h.shape[0])
+        return out
     for i in range(h.shape[0]):
         if name == "f16_to_f32":
             f[i] = fx_f16_to_f32(h[i])

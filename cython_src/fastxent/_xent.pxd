@@ -75,3 +75,4 @@ cdef extern from "xent_kernels.h" nogil:
     unsigned int fx_f32_to_f16(float f)
     float fx_bf16_to_f32(unsigned int h)
     unsigned int fx_f32_to_bf16(float f)
+    void fx_lowp_convert(int code, int widen, const void *src, void *dst, int64_t n)

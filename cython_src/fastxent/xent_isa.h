@@ -4,6 +4,9 @@
  * checks at build time that code under each attribute really uses ymm / zmm registers; the
  * build records the result (FASTXENT_BUILD_ISA_MAX) and no path above it is ever selected.
  *
+ * Both include F16C (the float16 conversions of the low-precision row kernels,
+ * xent_lowp_rows.inc); the dispatch requires it of the CPU too.
+ *
  * The spellings differ between compilers: GCC takes the preferred vector width inside
  * target("...,prefer-vector-width=512"); clang rejects that string (and then ignores the whole
  * attribute, leaving baseline code under an AVX-512 name) and takes min_vector_width instead.
@@ -18,13 +21,13 @@
 #endif
 
 #if FX_HAVE_DISPATCH && defined(__clang__)
-#define FX_ATTR_AVX2 __attribute__((target("avx2"), min_vector_width(256)))
-#define FX_ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl"), min_vector_width(512)))
-#define FX_ISA_SPELLING "clang: target(\"avx512f,avx512dq,avx512vl\"), min_vector_width(512)"
+#define FX_ATTR_AVX2 __attribute__((target("avx2,f16c"), min_vector_width(256)))
+#define FX_ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,f16c"), min_vector_width(512)))
+#define FX_ISA_SPELLING "clang: target(\"avx512f,avx512dq,avx512vl,f16c\"), min_vector_width(512)"
 #elif FX_HAVE_DISPATCH
-#define FX_ATTR_AVX2 __attribute__((target("avx2")))
-#define FX_ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,prefer-vector-width=512")))
-#define FX_ISA_SPELLING "gcc: target(\"avx512f,avx512dq,avx512vl,prefer-vector-width=512\")"
+#define FX_ATTR_AVX2 __attribute__((target("avx2,f16c")))
+#define FX_ATTR_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,f16c,prefer-vector-width=512")))
+#define FX_ISA_SPELLING "gcc: target(\"avx512f,avx512dq,avx512vl,f16c,prefer-vector-width=512\")"
 #else
 #define FX_ISA_SPELLING "none (baseline only)"
 #endif

@@ -295,24 +295,35 @@ static inline int fx_lowp_regions(const fx_job *J, int softmax)
 
 /* ---- instruction-set variants of the block entry points (attributes: xent_isa.h) ---- */
 #include "xent_isa.h"
+#if FX_HAVE_DISPATCH
+#include <immintrin.h>  /* intrinsics of the low-precision row kernels (xent_lowp_rows.inc) */
+#include <cpuid.h>
+#endif
 
+/* FX_ISA_LEVEL: the path's level (fx_set_isa), for code written per path */
 #define FX_ISA_ATTR
 #define FX_ISA_NAME(name) name##_base
+#define FX_ISA_LEVEL 0
 #include "xent_blocks.inc"
 #undef FX_ISA_ATTR
 #undef FX_ISA_NAME
+#undef FX_ISA_LEVEL
 
 #if FX_HAVE_DISPATCH
 #define FX_ISA_ATTR FX_ATTR_AVX2
 #define FX_ISA_NAME(name) name##_avx2
+#define FX_ISA_LEVEL 1
 #include "xent_blocks.inc"
 #undef FX_ISA_ATTR
 #undef FX_ISA_NAME
+#undef FX_ISA_LEVEL
 #define FX_ISA_ATTR FX_ATTR_AVX512
 #define FX_ISA_NAME(name) name##_avx512
+#define FX_ISA_LEVEL 2
 #include "xent_blocks.inc"
 #undef FX_ISA_ATTR
 #undef FX_ISA_NAME
+#undef FX_ISA_LEVEL
 #endif
 
 /* 0 = baseline x86-64 (SSE2), 1 = AVX2, 2 = AVX-512 */
@@ -324,8 +335,14 @@ static int fx_cpu_isa_level(void)
 {
     int level = 0;
 #if FX_HAVE_DISPATCH
+    /* both paths convert float16 with F16C (CPUID leaf 1, ECX bit 29: clang's
+     * __builtin_cpu_supports does not know "f16c") */
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+    if (!f16c)
+        level = 0;
+    else if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
         && __builtin_cpu_supports("avx512vl"))
         level = 2;
     else if (__builtin_cpu_supports("avx2"))
@@ -364,6 +381,16 @@ static const fx_runner fx_xlogx_runners[][2] = FX_RUNNERS(fx_xlogx_run);
 #endif
 static const fx_runner fx_softmax_lowp_runners[] = FX_LOWP_RUNNERS(fx_softmax_run_lowp);
 static const fx_runner fx_sigmoid_lowp_runners[] = FX_LOWP_RUNNERS(fx_sigmoid_run_lowp);
+typedef void (*fx_lowp_converter)(int, int, const void *, void *, int64_t);
+static const fx_lowp_converter fx_lowp_converters[] = FX_LOWP_RUNNERS(fx_lp_convert);
+
+/* The low-precision row kernels' conversions on the selected path, n elements: widen
+ * (src 16-bit patterns, dst float) or narrow (src float, dst 16-bit, rounded to nearest
+ * even); code FX_FLOAT16 or FX_BFLOAT16.  For the tests. */
+static void fx_lowp_convert(int code, int widen, const void *src, void *dst, int64_t n)
+{
+    fx_lowp_converters[fx_isa_level](code, widen, src, dst, n);
+}
 
 /* Softmax cross-entropy (labels or soft targets, from logits or probabilities) on the selected
  * instruction-set path.  Returns the number of labels outside [0, n_cols) that were not
