@@ -127,6 +127,86 @@ def test_split_rows_special_values(dtype, rng):
     assert_close(loss, ref, dtype)
 
 
+# groups of rows in the short-row kernel: 4-row register blocks inside 32-row groups
+SHORT_ROW_COUNTS = [1, 3, 4, 5, 31, 32, 33, 70]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", range(1, SHORT + 1))
+def test_short_rows_every_width_and_row_count(n_classes, dtype, rng):
+    """Every short width against the oracle, with row counts that leave partial 4-row blocks
+    and partial groups, for integer labels and soft targets (both transposed)."""
+    for n_rows in SHORT_ROW_COUNTS:
+        for kind in ("sparse_categorical", "categorical"):
+            y, x = _case(kind, rng, (n_rows, n_classes), dtype)
+            _check_against_oracle(kind, y, x, {}, dtype, n_threads=1)
+
+
+def _special_short_rows(rng, n_rows, n, dtype):
+    """Short rows with -inf in row r at class r % n (so over the rows every lane of a group
+    and every class holds one), NaN in every 7th row at class (r // 7) % n, and a row all
+    -inf; labels on a masked class in every 5th row (an infinite loss)."""
+    x = logits(rng, (n_rows, n), dtype)
+    y = rng.integers(0, n, n_rows)
+    r = np.arange(n_rows)
+    if n > 1:
+        x[r, r % n] = -np.inf
+        y = np.where(y == r % n, (y + 1) % n, y)  # the label on a finite logit ...
+        y[::5] = r[::5] % n  # ... except every 5th row
+    x[::7, :] = np.where(np.arange(n) == ((r[::7] // 7) % n)[:, None], np.nan, x[::7, :])
+    x[n_rows // 2, :] = -np.inf
+    return y, x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [1, 2, 4, 5, 10, 16])
+def test_short_rows_special_values_every_lane(n_classes, dtype, rng):
+    """-inf logits are masks (exp 0, gradient 0), a label on a masked class gives +inf, NaN
+    stays in its row, a row all -inf is NaN: at every lane position of the short-row groups,
+    on every instruction-set path and thread count (bitwise the same)."""
+    n_rows = 2 * 32 + 13
+    y, x = _special_short_rows(rng, n_rows, n_classes, dtype)
+    ref_per, ref_grad = R.softmax_xent_rows(np.eye(n_classes)[y], x)
+    ref_grad = ref_grad / n_rows  # sum_over_batch_size
+    before = fx.get_isa()
+    first = None
+    try:
+        for isa in _all_isas():
+            fx.set_isa(isa)
+            for nt in (1, 2):
+                obj = fx.SparseCategoricalCrossentropy(from_logits=True, n_threads=nt)
+                _, grad = obj.loss_and_grad(y, x)
+                per = fx.sparse_categorical_crossentropy(y, x, from_logits=True, n_threads=nt)
+                assert_close(per, ref_per, dtype)
+                assert_close(grad, ref_grad, dtype)
+                unlabelled = np.arange(n_classes) != y[:, None]  # a labelled one: -1 / N
+                masked = np.isneginf(x) & ~np.isnan(ref_per)[:, None] & unlabelled
+                assert np.all(grad[masked] == 0)
+                bits = _bits(per) + _bits(grad)
+                first = bits if first is None else first
+                assert bits == first, f"{isa}, {nt} threads differ"
+    finally:
+        fx.set_isa(before)
+    assert np.isnan(per[n_rows // 2]) and np.all(np.isnan(grad[n_rows // 2]))
+    assert np.all(np.isnan(per[::7]))
+    if n_classes > 1:
+        assert np.all(np.isposinf(per[5::35]))  # every 5th row not holding NaN: label masked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [1, 3, 10, 31])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1}, {"pos_weight": "random"}])
+def test_short_binary_rows_match_oracle(n_classes, options, dtype, rng):
+    """Binary rows shorter than 2 x 16 (one flat run of elements per block), with and without
+    sample weights, against the oracle."""
+    options = _resolve(options, rng, n_classes)
+    for n_rows in (1, 33, 1500):
+        y, x = _case("binary", rng, (n_rows, n_classes), dtype)
+        _check_against_oracle("binary", y, x, options, dtype, n_threads=1)
+        w = rng.uniform(0.0, 2.0, n_rows)
+        _check_against_oracle("binary", y, x, options, dtype, sample_weight=w, n_threads=1)
+
+
 def _all_isas():
     return fx.available_isas()
 

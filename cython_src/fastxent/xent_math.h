@@ -111,12 +111,15 @@ FX_INLINE double fx_log_pos(double x)
 {
     const double ln2hi = 6.93147180369123816490e-01;
     const double ln2lo = 1.90821492927058770002e-10;
-    int64_t ix = fx_bits(x);
-    /* shift so that the mantissa lands in [sqrt(1/2), sqrt 2) */
-    int64_t adj = ix - 0x3fe6a09e667f3bcdLL;              /* bits of sqrt(1/2) */
-    int64_t e = adj >> 52;                                /* arithmetic: x >= sqrt(1/2)*2^e */
-    double m = fx_from_bits(ix - (e << 52));
-    double ed = (double)e;
+    const uint64_t one = 0x3ff0000000000000ULL;            /* bits of 1.0: the bias 1023 << 52 */
+    uint64_t ix = (uint64_t)fx_bits(x);
+    /* eb = e + 1023 with x >= sqrt(1/2) 2^e, so that the mantissa m = x 2^-e lands in
+     * [sqrt(1/2), sqrt 2).  Unsigned arithmetic, a logical shift and e converted through the
+     * 2^52 trick (exact): instructions every vector path has (AVX2 has no 64-bit arithmetic
+     * shift nor int64 -> double conversion, and would run this loop in scalar code). */
+    uint64_t eb = (ix - 0x3fe6a09e667f3bcdULL + one) >> 52; /* bits of sqrt(1/2) */
+    double m = fx_from_bits((int64_t)(ix - (eb << 52) + one));
+    double ed = fx_from_bits((int64_t)(eb | 0x4330000000000000ULL)) - (0x1p52 + 1023.0);
     double s = (m - 1.0) / (m + 1.0);
     return ed * ln2hi + (fx_two_atanh_small(s) + ed * ln2lo);
 }
