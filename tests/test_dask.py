@@ -34,6 +34,10 @@ import psutil  # noqa: E402  (a dependency of distributed)
 import reference as R  # noqa: E402
 from dask.array.core import PerformanceWarning  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from test_focal import CLASSES as FAMILY_CLASSES  # noqa: E402
+from test_focal import FUNCTIONS as FAMILY_FUNCTIONS  # noqa: E402
+from test_focal import OPTIONS as FAMILY_OPTIONS  # noqa: E402
+from test_focal import case as family_case  # noqa: E402
 from util import (  # noqa: E402
     assert_close,
     logits,
@@ -500,6 +504,136 @@ def test_each_y_pred_block_is_read_once(rng):
     assert grad.shape == (200, 6) and np.isfinite(value)
 
 
+# ============================================== focal losses, KL divergence and GCE
+
+FAMILY_SPARSE = ("sparse_focal", "gce")
+
+
+def family_chunks(kind, y, x_chunks):
+    """y's chunks for y_pred chunked ``x_chunks`` (class axis last)."""
+    return x_chunks[:-1] if kind in FAMILY_SPARSE else x_chunks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("kind", list(FAMILY_CLASSES))
+def test_family_functions_equal_numpy_and_oracle(client, rng, kind, from_logits, dtype):
+    opts = FAMILY_OPTIONS[kind][-1] if kind != "kl" else {}
+    if kind == "gce" and not from_logits:
+        opts = {"q": 0.2, "ignore_class": 2}
+    y, x = family_case(kind, rng, (103, 5), from_logits, dtype, options=opts)
+    x[17] = np.nan  # NaN stays in its row
+    if kind in FAMILY_SPARSE:
+        y[17] = 0  # a label that counts
+    chunks = ((20, 33, 1, 49), (5,))  # uneven, one block of one row
+    x_d = da.from_array(x, chunks=chunks)
+    y_d = da.from_array(y, chunks=family_chunks(kind, y, chunks))
+
+    lazy = getattr(fxd, FAMILY_FUNCTIONS[kind].__name__)(y_d, x_d, from_logits=from_logits,
+                                                         **opts)
+
+    assert isinstance(lazy, da.Array) and lazy.dtype == dtype
+    assert lazy.chunks == (chunks[0],)
+    got = lazy.compute()
+    # Rows are independent: the blocks give the NumPy path's values bit for bit.
+    np.testing.assert_array_equal(got, FAMILY_FUNCTIONS[kind](y, x, from_logits=from_logits,
+                                                              **opts))
+    assert np.isnan(got[17]) and np.isfinite(np.delete(got, 17)).all()
+    want = R.FAMILY_PER_SAMPLE[kind](y, x.astype(np.float64), from_logits=from_logits, **opts)
+    assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", list(FAMILY_CLASSES))
+def test_family_loss_objects_equal_numpy_and_oracle(client, rng, kind, reduction):
+    opts = FAMILY_OPTIONS[kind][1] if kind != "kl" else {}
+    y, x = family_case(kind, rng, (23, 5), True, options=opts)
+    sw = rng.uniform(0.0, 2.0, 23)
+    chunks = ((7, 1, 15), (5,))
+    obj = FAMILY_CLASSES[kind](from_logits=True, reduction=reduction, **opts)
+    x_d = da.from_array(x, chunks=chunks)
+    lazy_d = getattr(fxd, type(obj).__name__).from_config(obj.get_config())
+    assert type(lazy_d).__module__ == "fastxent.dask" and isinstance(lazy_d, type(obj))
+
+    value, (value2, grad) = dask.compute(lazy_d(y, x_d, da.from_array(sw, chunks=5)),
+                                         lazy_d.loss_and_grad(y, x_d, sw))
+
+    want, want_grad = obj.loss_and_grad(y, x, sw)
+    if reduction == "none":
+        np.testing.assert_array_equal(value, want)
+        np.testing.assert_array_equal(value2, want)
+        np.testing.assert_array_equal(grad, want_grad)
+    else:
+        # block sums added, then divided once: the NumPy path's sum in another order
+        assert value == pytest.approx(want, rel=1e-13) and value2 == pytest.approx(want, rel=1e-13)
+        assert_close(grad, want_grad, rtol=1e-14)
+    ref_value, ref_grad = R.family_loss_and_grad(kind, y, x, sample_weight=sw,
+                                                 reduction=reduction, from_logits=True, **opts)
+    assert_close(value, ref_value, rtol=1e-12)
+    assert_close(grad, ref_grad, rtol=2e-7)  # finite differences
+
+
+@pytest.mark.parametrize("kind", FAMILY_SPARSE)
+@pytest.mark.parametrize("case", ["all_ignored", "zero_weights", "empty"])
+def test_family_zero_denominator_gives_zero(client, rng, kind, case):
+    obj = FAMILY_CLASSES[kind](from_logits=True, ignore_class=-1,
+                               reduction="mean_with_sample_weight")
+    x = logits(rng, (0 if case == "empty" else 12, 3))
+    y = np.full(len(x), -1) if case == "all_ignored" else rng.integers(0, 3, len(x))
+    sw = np.zeros(len(x)) if case == "zero_weights" else None
+    x_d = da.from_array(x, chunks=(5, 3))
+    lazy_d = getattr(fxd, type(obj).__name__).from_config(obj.get_config())
+    value, grad = dask.compute(*lazy_d.loss_and_grad(y, x_d, sw))
+    assert lazy_d(y, x_d, sw).compute() == value == obj(y, x, sw) == 0.0
+    assert grad.shape == x.shape and not np.any(grad)
+
+
+def test_family_errors_are_raised_when_the_graph_is_built(client, rng):
+    x = da.from_array(logits(rng, (10, 4)), chunks=(5, 4))
+    with pytest.raises(TypeError, match="y_pred must have dtype float32 or float64, got "
+                                        "float16; float16 and bfloat16 are read by the "
+                                        "cross-entropy losses only"):
+        fxd.kl_divergence(np.full((10, 4), 0.25), x.astype(np.float16))
+    with pytest.raises(ValueError, match=r"alpha must have one entry per class \(4\), got "
+                                         r"shape \(3,\)"):
+        fxd.categorical_focal_crossentropy(np.full((10, 4), 0.25), x, alpha=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"y_true has shape \(9,\) but y_pred with the class"):
+        fxd.categorical_generalized_cross_entropy(np.zeros(9, np.int64), x)
+    bad = np.zeros(10, np.int64)
+    bad[7] = 4
+    with pytest.raises(fx.LabelRangeError) as info:
+        fxd.sparse_categorical_focal_crossentropy(da.from_array(bad, chunks=5), x,
+                                                  from_logits=True).compute()
+    assert info.value.position == (7,)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "sparse", "binary"])
+def test_low_precision_y_pred_equal_numpy(client, rng, kind):
+    """float16 and bfloat16 y_pred: the NumPy classes' results, block by block."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+        y, x = make_case(rng, kind, (61, 7), -1, np.float64, True)
+        x = x.astype(dtype)
+        if kind != "sparse":
+            y = y.astype(np.float32)
+        opts = {"ignore_class": 0} if kind == "sparse" else {}
+        chunks = ((30, 1, 30), (7,))
+        x_d = da.from_array(x, chunks=chunks)
+        per_sample = DASK_FUNCTIONS[kind](y, x_d, from_logits=True, **opts)
+        obj = CLASSES[kind](from_logits=True, reduction="mean_with_sample_weight", **opts)
+        value, grad = dask.compute(*on_dask(obj).loss_and_grad(y, x_d, np.linspace(0, 1, 61)))
+        want, want_grad = obj.loss_and_grad(y, x, np.linspace(0, 1, 61))
+        assert per_sample.dtype == np.float32 and grad.dtype == dtype
+        np.testing.assert_array_equal(
+            per_sample.compute(), NUMPY_FUNCTIONS[kind](y, x, from_logits=True, **opts))
+        assert value == pytest.approx(want, rel=1e-12)
+        np.testing.assert_array_equal(grad.view(np.uint16), want_grad.view(np.uint16))
+        assert_close(value, R.reference_loss(
+            "sparse_categorical" if kind == "sparse" else kind, y, x.astype(np.float64),
+            np.linspace(0, 1, 61), from_logits=True, reduction="mean_with_sample_weight",
+            **opts), np.float32, rtol=1e-5)
+
+
 # ================================================================== errors
 
 
@@ -507,10 +641,9 @@ def test_errors_are_raised_when_the_graph_is_built(rng):
     x = da.from_array(logits(rng, (10, 4)), chunks=(5, 4))
     y = rng.integers(0, 4, 10)
     sparse = fx.SparseCategoricalCrossentropy(from_logits=True)
-    with pytest.raises(TypeError, match="y_pred must have dtype float32 or float64, got int64"):
+    with pytest.raises(TypeError, match="y_pred must have dtype float32, float64, float16 or "
+                                        "bfloat16, got int64"):
         on_dask(sparse)(y, x.astype(np.int64))
-    with pytest.raises(TypeError, match="y_pred must have dtype float32 or float64, got float16"):
-        fxd.sparse_categorical_crossentropy(y, x.astype(np.float16))
     with pytest.raises(ValueError, match=r"y_true has shape \(9,\) but y_pred with the class"):
         on_dask(sparse)(y[:9], x)
     with pytest.raises(ValueError, match=r"y_true has shape \(10, 3\) but y_pred has shape"):

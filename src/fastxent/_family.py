@@ -34,7 +34,6 @@ from fastxent._errors import label_range_error
 from fastxent._kernels import Options
 from fastxent._options import sigmoid_options, softmax_options
 from fastxent._validation import (
-    as_float_array,
     as_labels,
     as_target_array,
     check_bool,
@@ -179,18 +178,28 @@ def _checked_call(spec: Spec, want_grad, want_hess, grad_out, inplace) -> Option
 
 
 def _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
-             inplace) -> _dispatch.Outcome:
-    """The reduced loss, the gradient and Hessian in y_pred's own shape."""
+             inplace, want_total) -> _dispatch.Outcome:
+    """The reduced loss, the gradient and Hessian in y_pred's own shape (and on request the
+    plan's weighted sum of the per-row losses, a stateful metric's numerator)."""
     return _dispatch._as_given(_dispatch.Outcome(
         loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
+        total=_reduction.total(loss64, plan) if want_total else None,
     ), y_pred, given_shape, grad_out, inplace)
 
 
+def check_alpha_length(alpha, n_classes: int) -> None:
+    """A per-class focal alpha must have one entry per class of y_pred."""
+    if isinstance(alpha, np.ndarray) and alpha.shape != (n_classes,):
+        raise ValueError(f"alpha must have one entry per class ({n_classes}), got shape "
+                         f"{alpha.shape}")
+
+
 def _sparse_setup(o: Options, y_true, y_pred, inplace, grad_out):
-    lay = _layout.rows(y_pred, o.axis, inplace=inplace, y_true=y_true)
+    lay = _layout.rows(y_pred, o.axis, inplace=inplace, y_true=y_true,
+                       low_precision=False)
     gout = grad_out
     true_shape = np.shape(y_true)
     if lay.arr.ndim == 1 and len(true_shape) == 2 and true_shape[-1] == 1:
@@ -201,7 +210,8 @@ def _sparse_setup(o: Options, y_true, y_pred, inplace, grad_out):
 
 
 def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=False,
-                want_hess=False, grad_out=None, inplace=False) -> _dispatch.Outcome:
+                want_hess=False, grad_out=None, inplace=False,
+                want_total=False) -> _dispatch.Outcome:
     """A loss ``h(log p_y)`` of integer labels: sparse focal, generalized cross-entropy."""
     o = _checked_call(spec, want_grad, want_hess, grad_out, inplace)
     nt = resolve_n_threads(o.n_threads)
@@ -291,7 +301,7 @@ def sparse_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fal
                                         plan.gs0, ignored)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
     return _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
-                    inplace)
+                    inplace, want_total)
 
 
 def _sparse_hess_correction(hess2, x2, labels, ok, lse, dF, cwy, rows_w, gs0, ignored):
@@ -319,7 +329,8 @@ def _sparse_hess_correction(hess2, x2, labels, ok, lse, dF, cwy, rows_w, gs0, ig
 # ------------------------------------------------------------------------------------------
 
 def _dense_setup(o: Options, y_true, y_pred, inplace, grad_out, what: str):
-    lay = _layout.rows(y_pred, o.axis, inplace=inplace, y_true=y_true)
+    lay = _layout.rows(y_pred, o.axis, inplace=inplace, y_true=y_true,
+                       low_precision=False)
     gout = grad_out
     t = as_target_array(y_true, "y_true", lay.arr.dtype)
     true_shape, pred_shape = _dispatch.keras_ranks(t.shape, lay.arr.shape)
@@ -459,7 +470,8 @@ def kl_block(spec: Spec, x, t, lo, hi, want_grad):
 
 
 def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=False,
-               want_hess=False, grad_out=None, inplace=False) -> _dispatch.Outcome:
+               want_hess=False, grad_out=None, inplace=False,
+               want_total=False) -> _dispatch.Outcome:
     """Binary focal, categorical focal and KL divergence."""
     o = _checked_call(spec, want_grad, want_hess, grad_out, inplace)
     what = {"binary_focal": "binary", "categorical_focal": "categorical", "kl": "KL"}[spec.kind]
@@ -469,9 +481,7 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     if ncls == 1 and spec.kind == "categorical_focal":
         warn_single_class("categorical_focal_crossentropy", lay.arr.shape)
     cw = check_weight_vector(o.class_weight, "class_weight", ncls, "class")
-    if isinstance(spec.alpha, np.ndarray) and spec.alpha.shape != (ncls,):
-        raise ValueError(f"alpha must have one entry per class ({ncls}), got shape "
-                         f"{spec.alpha.shape}")
+    check_alpha_length(spec.alpha, ncls)
     plan = _reduction.plan(o.reduction, n_rows, row_length=ncls,
                            weights=_dispatch._weights(sample_weight, lay))
     grad2, hess2 = _dispatch._outputs(lay, y_true, sample_weight, want_grad, want_hess, gout,
@@ -519,7 +529,7 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     if n_rows:
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
     return _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
-                    inplace)
+                    inplace, want_total)
 
 
 def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, hess):
@@ -562,9 +572,8 @@ def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, 
 
 
 def compute(spec: Spec, y_true, y_pred, sample_weight=None, **kw) -> _dispatch.Outcome:
-    """The one entry point of this module's losses."""
-    # float32 / float64 only: float16 and bfloat16 are read by the cross-entropies alone
-    y_pred = as_float_array(y_pred, "y_pred", y_true=y_true, low_precision=False)
+    """The one entry point of this module's losses (float32 / float64 ``y_pred`` only:
+    float16 and bfloat16 are read by the cross-entropies alone; ``_layout.rows`` checks)."""
     if spec.kind in ("sparse_focal", "gce"):
         return sparse_rows(spec, y_true, y_pred, sample_weight, **kw)
     return dense_rows(spec, y_true, y_pred, sample_weight, **kw)

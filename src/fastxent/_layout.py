@@ -46,13 +46,15 @@ class Rows:
         return _kernels.empty_like(self.x2)
 
 
-def rows(y_pred, axis, *, inplace: bool = False, name: str = "y_pred", y_true=None) -> Rows:
-    """Lay out ``y_pred`` (checked: float32/float64, a valid axis, a non-empty class axis).
+def rows(y_pred, axis, *, inplace: bool = False, name: str = "y_pred", y_true=None,
+         low_precision: bool = True) -> Rows:
+    """Lay out ``y_pred`` (checked: float32/float64, or also float16/bfloat16 with
+    ``low_precision``; a valid axis; a non-empty class axis).
 
     ``y_true`` is only read for the error message when ``y_pred`` has the wrong dtype (a
     hint when the two look swapped).
     """
-    arr = as_float_array(y_pred, name, y_true=y_true)
+    arr = as_float_array(y_pred, name, y_true=y_true, low_precision=low_precision)
     ax = normalize_axis(axis, arr.ndim)
     moved = np.moveaxis(arr, ax, -1)
     ncls = moved.shape[-1]

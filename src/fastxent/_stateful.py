@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from fastxent import _dispatch
+from fastxent import _dispatch, _family
 from fastxent._options import sigmoid_options, softmax_options
 from fastxent._validation import check_dtype, check_name
 
@@ -29,6 +29,11 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "Perplexity",
+    "KLDivergence",
+    "BinaryFocalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalFocalCrossentropy",
+    "CategoricalGeneralizedCrossEntropy",
     "evaluate",
 ]
 
@@ -68,17 +73,17 @@ class _Metric:
     def _finish(self, mean: float) -> float:
         return mean
 
-    _loss_name = ""  # the class of fastxent.losses with the same options
+    _loss_name = ""  # the loss class of fastxent with the same options
 
     def _loss_kwargs(self) -> dict:
         return self._options_config()
 
     def _loss_object(self):
         """The NumPy loss (``reduction="sum"``) with this metric's options (for Dask)."""
-        from fastxent import losses
+        import fastxent
 
-        return getattr(losses, self._loss_name)(reduction="sum", n_threads=self.n_threads,
-                                                **self._loss_kwargs())
+        return getattr(fastxent, self._loss_name)(reduction="sum", n_threads=self.n_threads,
+                                                  **self._loss_kwargs())
 
     # -- state -----------------------------------------------------------------------------
     def _batch_state(self, y_true, y_pred, sample_weight=None) -> tuple[float, float]:
@@ -400,6 +405,217 @@ class Perplexity(_Metric):
         return {"from_logits": o.from_logits, "ignore_class": o.ignore_class, "axis": o.axis}
 
 
+class _FamilyMetric(_Metric):
+    """The metrics of the focal family (:mod:`fastxent.focal`): the options are a
+    ``fastxent._family.Spec`` and every batch is computed by ``_family.compute``."""
+
+    _option_names = ()  # the options besides name / dtype / n_threads, in config order
+
+    def _set_spec(self, spec, name, dtype, n_threads) -> None:
+        self._spec = spec
+        self._options = spec.base
+        super().__init__(name, dtype, n_threads)
+
+    def _options_config(self) -> dict:
+        cfg = {}
+        for key in self._option_names:
+            value = getattr(self._spec if hasattr(self._spec, key) else self._options, key)
+            cfg[key] = value.tolist() if isinstance(value, np.ndarray) else value
+        return cfg
+
+    def _outcome(self, y_true, y_pred, sample_weight):
+        return _family.compute(self._spec, y_true, y_pred, sample_weight, want_total=True)
+
+    def _loss_kwargs(self) -> dict:
+        return self._options_config()
+
+
+class KLDivergence(_FamilyMetric):
+    """Running Kullback-Leibler divergence, as ``keras.metrics.KLDivergence``.
+
+    The sample-weighted mean of :func:`fastxent.kl_divergence` over every batch: Keras'
+    ``sum_k t_k log(t_k / p_k)`` with both clipped to ``[1e-7, 1]``.  ``from_logits`` and
+    ``axis`` are extensions (Keras' metric reads probabilities, class axis last); with
+    ``from_logits=True`` the teacher's probabilities ``y_true`` are not clipped.
+
+    Parameters
+    ----------
+    name : str, default "kl_divergence"
+    dtype : {None, "float32", "float64"}, optional
+        The dtype of :meth:`result` (a Python float when None).  The state is float64.
+    from_logits : bool, keyword-only, default False
+    axis : int, keyword-only, default -1
+    n_threads : int, optional, keyword-only
+
+    Examples
+    --------
+    >>> from fastxent.metrics import KLDivergence
+    >>> m = KLDivergence()
+    >>> m.update_state([[0, 1], [0, 0]], [[0.6, 0.4], [0.4, 0.6]])
+    >>> round(m.result(), 6)
+    0.458143
+    """
+
+    _default_name = "kl_divergence"
+    _loss_name = "KLDivergence"
+    _option_names = ("from_logits", "axis")
+
+    def __init__(self, name=None, dtype=None, *, from_logits=False, axis=-1, n_threads=None):
+        self._set_spec(_family.kl_spec(from_logits=from_logits, axis=axis,
+                                       reduction="mean_with_sample_weight",
+                                       n_threads=n_threads), name, dtype, n_threads)
+
+
+class BinaryFocalCrossentropy(_FamilyMetric):
+    """Running binary focal cross-entropy (an extension: Keras has the loss, not the metric).
+
+    The sample-weighted mean of :func:`fastxent.binary_focal_crossentropy` (each sample's
+    loss the mean over ``axis``) over every batch.
+
+    Parameters
+    ----------
+    name : str, default "binary_focal_crossentropy"
+    dtype : {None, "float32", "float64"}, optional
+    apply_class_balancing, alpha, gamma, from_logits, label_smoothing, axis
+        As in :func:`fastxent.binary_focal_crossentropy`.
+    n_threads : int, optional, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent.metrics import BinaryFocalCrossentropy
+    >>> m = BinaryFocalCrossentropy(gamma=2.0, from_logits=True)
+    >>> m.update_state([[0, 1], [1, 1]], np.array([[-1.0, 2.0], [0.5, 0.5]]))
+    >>> round(m.result(), 6)
+    0.039902
+    """
+
+    _default_name = "binary_focal_crossentropy"
+    _loss_name = "BinaryFocalCrossentropy"
+    _option_names = ("apply_class_balancing", "alpha", "gamma", "from_logits",
+                     "label_smoothing", "axis")
+
+    def __init__(self, name=None, dtype=None, apply_class_balancing=False, alpha=0.25,
+                 gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1, *,
+                 n_threads=None):
+        self._set_spec(_family.focal_spec(
+            "binary_focal", alpha=alpha, gamma=gamma,
+            apply_class_balancing=apply_class_balancing, from_logits=from_logits,
+            label_smoothing=label_smoothing, axis=axis, reduction="mean_with_sample_weight",
+            n_threads=n_threads), name, dtype, n_threads)
+
+
+class CategoricalFocalCrossentropy(_FamilyMetric):
+    """Running categorical focal cross-entropy (an extension: Keras has the loss, not the
+    metric).
+
+    The sample-weighted mean of :func:`fastxent.categorical_focal_crossentropy` over every
+    batch.
+
+    Parameters
+    ----------
+    name : str, default "categorical_focal_crossentropy"
+    dtype : {None, "float32", "float64"}, optional
+    alpha, gamma, from_logits, label_smoothing, axis
+        As in :func:`fastxent.categorical_focal_crossentropy` (a per-class ``alpha`` is
+        given back as a list by :meth:`get_config`).
+    n_threads : int, optional, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent.metrics import CategoricalFocalCrossentropy
+    >>> m = CategoricalFocalCrossentropy(from_logits=True)
+    >>> m.update_state(np.eye(3)[[0, 2]], np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    >>> round(m.result(), 6)
+    0.066744
+    """
+
+    _default_name = "categorical_focal_crossentropy"
+    _loss_name = "CategoricalFocalCrossentropy"
+    _option_names = ("alpha", "gamma", "from_logits", "label_smoothing", "axis")
+
+    def __init__(self, name=None, dtype=None, alpha=0.25, gamma=2.0, from_logits=False,
+                 label_smoothing=0.0, axis=-1, *, n_threads=None):
+        self._set_spec(_family.focal_spec(
+            "categorical_focal", alpha=alpha, gamma=gamma, from_logits=from_logits,
+            label_smoothing=label_smoothing, axis=axis, reduction="mean_with_sample_weight",
+            n_threads=n_threads), name, dtype, n_threads)
+
+
+class SparseCategoricalFocalCrossentropy(_FamilyMetric):
+    """Running focal cross-entropy with integer labels (an extension, like the loss
+    :func:`fastxent.sparse_categorical_focal_crossentropy`).
+
+    Samples labelled ``ignore_class`` count neither in the sum nor in the total weight, as
+    in :class:`SparseCategoricalCrossentropy`.
+
+    Parameters
+    ----------
+    name : str, default "sparse_categorical_focal_crossentropy"
+    dtype : {None, "float32", "float64"}, optional
+    alpha, gamma, from_logits, ignore_class, axis
+        As in :func:`fastxent.sparse_categorical_focal_crossentropy`.
+    n_threads : int, optional, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent.metrics import SparseCategoricalFocalCrossentropy
+    >>> m = SparseCategoricalFocalCrossentropy(from_logits=True, ignore_class=-1)
+    >>> m.update_state([0, -1], np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    >>> round(m.result(), 6), m.count
+    (0.011419, 1.0)
+    """
+
+    _default_name = "sparse_categorical_focal_crossentropy"
+    _loss_name = "SparseCategoricalFocalCrossentropy"
+    _option_names = ("alpha", "gamma", "from_logits", "ignore_class", "axis")
+
+    def __init__(self, name=None, dtype=None, alpha=0.25, gamma=2.0, from_logits=False,
+                 ignore_class=None, axis=-1, *, n_threads=None):
+        self._set_spec(_family.focal_spec(
+            "sparse_focal", alpha=alpha, gamma=gamma, from_logits=from_logits,
+            ignore_class=ignore_class, axis=axis, reduction="mean_with_sample_weight",
+            n_threads=n_threads), name, dtype, n_threads)
+
+
+class CategoricalGeneralizedCrossEntropy(_FamilyMetric):
+    """Running generalized cross-entropy of integer labels (an extension: Keras has the
+    loss :func:`~fastxent.categorical_generalized_cross_entropy`, not the metric).
+
+    Samples labelled ``ignore_class`` count neither in the sum nor in the total weight.
+
+    Parameters
+    ----------
+    name : str, default "categorical_generalized_cross_entropy"
+    dtype : {None, "float32", "float64"}, optional
+    q, from_logits, ignore_class, axis
+        As in :func:`fastxent.categorical_generalized_cross_entropy`.
+    n_threads : int, optional, keyword-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastxent.metrics import CategoricalGeneralizedCrossEntropy
+    >>> m = CategoricalGeneralizedCrossEntropy(q=0.5)
+    >>> m.update_state([0, 1], np.array([[0.7, 0.3], [0.2, 0.8]]))
+    >>> m.update_state([0, 1], np.array([[0.6, 0.4], [0.4, 0.6]]))
+    >>> round(m.result(), 6)
+    0.35986
+    """
+
+    _default_name = "categorical_generalized_cross_entropy"
+    _loss_name = "CategoricalGeneralizedCrossEntropy"
+    _option_names = ("q", "from_logits", "ignore_class", "axis")
+
+    def __init__(self, name=None, dtype=None, q=0.5, from_logits=False, ignore_class=None,
+                 axis=-1, *, n_threads=None):
+        self._set_spec(_family.gce_spec(
+            q=q, from_logits=from_logits, ignore_class=ignore_class, axis=axis,
+            reduction="mean_with_sample_weight", n_threads=n_threads), name, dtype, n_threads)
+
+
 # --------------------------------------------------------------------------- evaluate
 
 _CHUNK_BYTES = 8 << 20  # y_pred bytes per chunk when batch_rows is not given
@@ -443,8 +659,9 @@ def _progress_bar(progress, total: int, desc: str):
         from tqdm.auto import tqdm
     except ImportError:
         if progress:
-            warnings.warn("progress=True needs tqdm (pip install '.[metrics]' from a clone, or pip install tqdm); "
-                          "evaluating without a progress bar", stacklevel=3)
+            warnings.warn("progress=True needs tqdm (pip install '.[metrics]' from a clone, "
+                          "or pip install tqdm); evaluating without a progress bar",
+                          stacklevel=3)
         return None
     # auto (None): the bar appears only on runs longer than two seconds
     return tqdm(total=total, unit="row", unit_scale=True, desc=desc,

@@ -1,8 +1,11 @@
 """Metrics: stateful cross-entropy metrics for evaluation at scale, and scikit-learn's log loss.
 
 Stateful metrics with Keras' names and arguments (:class:`CategoricalCrossentropy`,
-:class:`SparseCategoricalCrossentropy`, :class:`BinaryCrossentropy`) and keras-hub's
-:class:`Perplexity` accumulate a float64 weighted sum and total weight over any number of
+:class:`SparseCategoricalCrossentropy`, :class:`BinaryCrossentropy`, :class:`KLDivergence`),
+keras-hub's :class:`Perplexity`, and the focal family's losses as metrics (an extension:
+:class:`BinaryFocalCrossentropy`, :class:`CategoricalFocalCrossentropy`,
+:class:`SparseCategoricalFocalCrossentropy`, :class:`CategoricalGeneralizedCrossEntropy`)
+accumulate a float64 weighted sum and total weight over any number of
 ``update_state`` calls (NumPy or Dask arrays); :func:`evaluate` streams arrays larger than
 memory (``np.memmap``, h5py, zarr) through one in chunks, with an optional tqdm progress bar.
 
@@ -24,9 +27,14 @@ import numpy as np
 
 from fastxent._stateful import (
     BinaryCrossentropy,
+    BinaryFocalCrossentropy,
     CategoricalCrossentropy,
+    CategoricalFocalCrossentropy,
+    CategoricalGeneralizedCrossEntropy,
+    KLDivergence,
     Perplexity,
     SparseCategoricalCrossentropy,
+    SparseCategoricalFocalCrossentropy,
     evaluate,
 )
 from fastxent.losses import categorical_crossentropy
@@ -36,6 +44,11 @@ __all__ = [  # noqa: F822 - log_loss_scorer is lazy
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "Perplexity",
+    "KLDivergence",
+    "BinaryFocalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalFocalCrossentropy",
+    "CategoricalGeneralizedCrossEntropy",
     "evaluate",
     "log_loss",
     "log_loss_scorer",
@@ -43,7 +56,8 @@ __all__ = [  # noqa: F822 - log_loss_scorer is lazy
 
 # The public names are fastxent.metrics' (their repr, pickles, help() and doctests say so).
 for _cls in (BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
-             Perplexity, evaluate):
+             Perplexity, KLDivergence, BinaryFocalCrossentropy, CategoricalFocalCrossentropy,
+             SparseCategoricalFocalCrossentropy, CategoricalGeneralizedCrossEntropy, evaluate):
     _cls.__module__ = __name__
 del _cls
 

@@ -7,10 +7,15 @@ travel to be combined.
 * :func:`categorical_crossentropy`, :func:`sparse_categorical_crossentropy` and
   :func:`binary_crossentropy` return the per-sample losses as a Dask array, like their NumPy
   namesakes in :mod:`fastxent`.
-* :class:`CategoricalCrossentropy`, :class:`SparseCategoricalCrossentropy` and
-  :class:`BinaryCrossentropy` take the options of the NumPy classes (they are subclasses);
-  calling one and its ``loss_and_grad`` / ``gradient`` take and return Dask arrays.
-  Reductions are exact, not means of block means.
+* The focal family likewise: :func:`binary_focal_crossentropy`,
+  :func:`categorical_focal_crossentropy`, :func:`sparse_categorical_focal_crossentropy`,
+  :func:`kl_divergence` and :func:`categorical_generalized_cross_entropy`.
+* :class:`CategoricalCrossentropy`, :class:`SparseCategoricalCrossentropy`,
+  :class:`BinaryCrossentropy`, :class:`BinaryFocalCrossentropy`,
+  :class:`CategoricalFocalCrossentropy`, :class:`SparseCategoricalFocalCrossentropy`,
+  :class:`KLDivergence` and :class:`CategoricalGeneralizedCrossEntropy` take the options of
+  the NumPy classes (they are subclasses); calling one and its ``loss_and_grad`` /
+  ``gradient`` take and return Dask arrays.  Reductions are exact, not means of block means.
 * :class:`WorkerMemoryError` (a ``MemoryError``): what the fit and the metrics' update raise
   for ``distributed.KilledWorker``, a block too large for a worker's memory limit.
 
@@ -31,11 +36,21 @@ from fastxent.dask._faults import WorkerMemoryError
 from fastxent.dask._fit import _fit_softmax_regression  # noqa: F401  (SoftmaxRegression.fit's)
 from fastxent.dask._losses import (
     BinaryCrossentropy,
+    BinaryFocalCrossentropy,
     CategoricalCrossentropy,
+    CategoricalFocalCrossentropy,
+    CategoricalGeneralizedCrossEntropy,
+    KLDivergence,
     SparseCategoricalCrossentropy,
+    SparseCategoricalFocalCrossentropy,
     binary_crossentropy,
+    binary_focal_crossentropy,
     categorical_crossentropy,
+    categorical_focal_crossentropy,
+    categorical_generalized_cross_entropy,
+    kl_divergence,
     sparse_categorical_crossentropy,
+    sparse_categorical_focal_crossentropy,
 )
 
 __all__ = [
@@ -45,6 +60,16 @@ __all__ = [
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "BinaryCrossentropy",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "sparse_categorical_focal_crossentropy",
+    "kl_divergence",
+    "categorical_generalized_cross_entropy",
+    "BinaryFocalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "SparseCategoricalFocalCrossentropy",
+    "KLDivergence",
+    "CategoricalGeneralizedCrossEntropy",
     "WorkerMemoryError",
 ]
 

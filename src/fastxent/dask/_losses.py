@@ -29,11 +29,13 @@ import numpy as np
 from dask.array.core import PerformanceWarning
 from dask.utils import parse_bytes
 
+import fastxent.focal as _np_focal
 import fastxent.losses as _np_losses
 from fastxent import _reduction
 from fastxent._cache import buffer_cache_info, set_buffer_cache
 from fastxent._dispatch import keras_ranks
 from fastxent._errors import LabelRangeError
+from fastxent._family import check_alpha_length
 from fastxent._validation import (
     as_float_array,
     as_labels,
@@ -41,6 +43,7 @@ from fastxent._validation import (
     broadcast_sample_weight,
     check_weight_vector,
     normalize_axis,
+    result_dtype,
 )
 
 # ----------------------------------------------------------------------- loss classes
@@ -143,6 +146,93 @@ class BinaryCrossentropy(_DaskLoss, _np_losses.BinaryCrossentropy):
            [-0.25, -0.25],
            [-0.25, -0.25],
            [-0.25, -0.25]])
+    """
+
+
+class BinaryFocalCrossentropy(_DaskLoss, _np_focal.BinaryFocalCrossentropy):
+    __doc__ = """Binary focal cross-entropy of Dask arrays
+    (:class:`fastxent.BinaryFocalCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1000, 3))
+    >>> z = rng.integers(0, 2, (1000, 3))
+    >>> opts = dict(gamma=2.0, apply_class_balancing=True, from_logits=True)
+    >>> lazy_loss = fxd.BinaryFocalCrossentropy(**opts)(z, da.from_array(x, chunks=(300, 3)))
+    >>> bool(np.isclose(lazy_loss.compute(), fx.BinaryFocalCrossentropy(**opts)(z, x),
+    ...                 rtol=1e-12))
+    True
+    """
+
+
+class CategoricalFocalCrossentropy(_DaskLoss, _np_focal.CategoricalFocalCrossentropy):
+    __doc__ = """Categorical focal cross-entropy of Dask arrays
+    (:class:`fastxent.CategoricalFocalCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1000, 5))
+    >>> t = rng.dirichlet(np.ones(5), 1000)
+    >>> loss_fn = fxd.CategoricalFocalCrossentropy(alpha=0.5, from_logits=True)
+    >>> loss, grad = dask.compute(*loss_fn.loss_and_grad(t, da.from_array(x, chunks=(300, 5))))
+    >>> want_loss, want_grad = fx.CategoricalFocalCrossentropy(
+    ...     alpha=0.5, from_logits=True).loss_and_grad(t, x)
+    >>> bool(np.isclose(loss, want_loss, rtol=1e-12)), bool(np.allclose(grad, want_grad))
+    (True, True)
+    """
+
+
+class SparseCategoricalFocalCrossentropy(_DaskLoss,
+                                         _np_focal.SparseCategoricalFocalCrossentropy):
+    __doc__ = """Focal cross-entropy of Dask arrays with integer labels
+    (:class:`fastxent.SparseCategoricalFocalCrossentropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent as fx, fastxent.dask as fxd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1000, 5))
+    >>> y = rng.integers(-1, 5, 1000)            # -1: padding
+    >>> opts = dict(from_logits=True, ignore_class=-1, class_weight=[1.0, 2.0, 1.0, 1.0, 0.5],
+    ...             reduction="mean_with_sample_weight")
+    >>> lazy_loss = fxd.SparseCategoricalFocalCrossentropy(**opts)(
+    ...     da.from_array(y, chunks=300), da.from_array(x, chunks=(300, 5)))
+    >>> bool(np.isclose(lazy_loss.compute(),
+    ...                 fx.SparseCategoricalFocalCrossentropy(**opts)(y, x), rtol=1e-12))
+    True
+    """
+
+
+class KLDivergence(_DaskLoss, _np_focal.KLDivergence):
+    __doc__ = """Kullback-Leibler divergence of Dask arrays (:class:`fastxent.KLDivergence`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> teacher = np.array([[0.25, 0.75], [0.5, 0.5]])
+    >>> student = da.zeros((2, 2), chunks=(1, 2))        # logits
+    >>> kl = fxd.KLDivergence(from_logits=True, reduction="none")
+    >>> kl(teacher, student).compute().round(6)
+    array([0.130812, 0.      ])
+    """
+
+
+class CategoricalGeneralizedCrossEntropy(_DaskLoss,
+                                         _np_focal.CategoricalGeneralizedCrossEntropy):
+    __doc__ = """Generalized cross-entropy of Dask arrays with integer labels
+    (:class:`fastxent.CategoricalGeneralizedCrossEntropy`).
+""" + _SHARED_DOC + """
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> y_pred = da.from_array(np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]]),
+    ...                        chunks=(3, 2))
+    >>> round(float(fxd.CategoricalGeneralizedCrossEntropy()([0, 1, 0, 1], y_pred).compute()), 6)
+    0.35986
     """
 
 
@@ -278,13 +368,221 @@ def binary_crossentropy(
     return _loss(_prepare(obj, y_true, y_pred, None))
 
 
+def binary_focal_crossentropy(
+    y_true,
+    y_pred,
+    apply_class_balancing: bool = False,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    *,
+    epsilon: float = 1e-7,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample binary focal cross-entropy of Dask arrays, the mean over ``axis``
+    (:func:`fastxent.binary_focal_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array, shape of y_pred
+        Targets in [0, 1].
+    y_pred : dask array of float32 or float64
+        Chunked along the axes other than ``axis``.
+    apply_class_balancing, alpha, gamma, from_logits, label_smoothing, axis, epsilon, n_threads
+        As in :func:`fastxent.binary_focal_crossentropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_pred without ``axis``
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> x = da.from_array(np.array([[-1.0, 2.0], [0.5, 0.5]]), chunks=(1, 2))
+    >>> fxd.binary_focal_crossentropy([[0, 1], [1, 1]], x, gamma=2.0,
+    ...                               from_logits=True).compute().round(6)
+    array([0.012231, 0.067573])
+    """
+    obj = BinaryFocalCrossentropy(
+        apply_class_balancing, alpha, gamma, from_logits, label_smoothing, axis, "none",
+        epsilon=epsilon, n_threads=n_threads,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def categorical_focal_crossentropy(
+    y_true,
+    y_pred,
+    alpha=0.25,
+    gamma: float = 2.0,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    *,
+    epsilon: float = 1e-7,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample categorical focal cross-entropy of Dask arrays
+    (:func:`fastxent.categorical_focal_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array, shape of y_pred
+        Target distributions.
+    y_pred : dask array of float32 or float64
+        Chunked along the non-class axes.
+    alpha, gamma, from_logits, label_smoothing, axis, epsilon, n_threads
+        As in :func:`fastxent.categorical_focal_crossentropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_pred without ``axis``
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> logits = da.from_array(np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), chunks=(1, 3))
+    >>> fxd.categorical_focal_crossentropy(np.eye(3)[[0, 2]], logits,
+    ...                                    from_logits=True).compute().round(6)
+    array([0.011419, 0.122068])
+    """
+    obj = CategoricalFocalCrossentropy(
+        alpha, gamma, from_logits, label_smoothing, axis, "none", epsilon=epsilon,
+        n_threads=n_threads,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def sparse_categorical_focal_crossentropy(
+    y_true,
+    y_pred,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    from_logits: bool = False,
+    ignore_class: int | None = None,
+    axis: int = -1,
+    *,
+    class_weight=None,
+    epsilon: float = 1e-7,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample focal cross-entropy of Dask arrays with integer labels
+    (:func:`fastxent.sparse_categorical_focal_crossentropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array of integers, shape of y_pred without ``axis``
+        Class labels; an out-of-range label raises ``ValueError`` when the block holding it
+        is computed, naming its global position.
+    y_pred : dask array of float32 or float64
+        Chunked along the non-class axes.
+    alpha, gamma, from_logits, ignore_class, axis, class_weight, epsilon, n_threads
+        As in :func:`fastxent.sparse_categorical_focal_crossentropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_true (0 at ignored positions)
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> logits = da.from_array(np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), chunks=(1, 3))
+    >>> fxd.sparse_categorical_focal_crossentropy([0, -1], logits, from_logits=True,
+    ...                                           ignore_class=-1).compute().round(6)
+    array([0.011419, 0.      ])
+    """
+    obj = SparseCategoricalFocalCrossentropy(
+        alpha, gamma, from_logits, ignore_class, axis, "none", class_weight=class_weight,
+        epsilon=epsilon, n_threads=n_threads,
+    )
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def kl_divergence(
+    y_true,
+    y_pred,
+    *,
+    from_logits: bool = False,
+    axis: int = -1,
+    epsilon: float = 1e-7,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample Kullback-Leibler divergence of Dask arrays
+    (:func:`fastxent.kl_divergence` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array, shape of y_pred
+        Target distributions.
+    y_pred : dask array of float32 or float64
+        Probabilities, or logits with ``from_logits=True``; chunked along the non-class axes.
+    from_logits, axis, epsilon, n_threads
+        As in :func:`fastxent.kl_divergence`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_pred without ``axis``
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> p = da.from_array(np.array([[0.5, 0.5], [0.25, 0.75]]), chunks=(1, 2))
+    >>> fxd.kl_divergence(np.array([[0.25, 0.75], [0.25, 0.75]]), p).compute().round(6)
+    array([0.130812, 0.      ])
+    """
+    obj = KLDivergence("none", from_logits=from_logits, axis=axis, epsilon=epsilon,
+                       n_threads=n_threads)
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
+def categorical_generalized_cross_entropy(
+    y_true,
+    y_pred,
+    q: float = 0.5,
+    *,
+    from_logits: bool = False,
+    ignore_class: int | None = None,
+    axis: int = -1,
+    n_threads: int | None = None,
+) -> da.Array:
+    """Per-sample generalized cross-entropy of Dask arrays with integer labels
+    (:func:`fastxent.categorical_generalized_cross_entropy` block by block).
+
+    Parameters
+    ----------
+    y_true : dask or NumPy array of integers, shape of y_pred without ``axis``
+        Class labels.
+    y_pred : dask array of float32 or float64
+        Probabilities, or logits with ``from_logits=True``.
+    q, from_logits, ignore_class, axis, n_threads
+        As in :func:`fastxent.categorical_generalized_cross_entropy`.
+
+    Returns
+    -------
+    dask array of y_pred's dtype, shape of y_true (0 at ignored positions)
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastxent.dask as fxd
+    >>> y_pred = da.from_array(np.array([[0.7, 0.3], [0.2, 0.8]]), chunks=(1, 2))
+    >>> fxd.categorical_generalized_cross_entropy([0, 1], y_pred).compute().round(6)
+    array([0.32668 , 0.211146])
+    """
+    obj = CategoricalGeneralizedCrossEntropy(q, "none", from_logits=from_logits,
+                                             ignore_class=ignore_class, axis=axis,
+                                             n_threads=n_threads)
+    return _loss(_prepare(obj, y_true, y_pred, None))
+
+
 # -------------------------------------------------------------------- the two graphs
 
 
 def _loss(job: _Job) -> da.Array:
     """The loss of a prepared job: per-sample blocks, or block sums divided once."""
     if job.reduction == "none":
-        return job.map_kernel(_block_per_sample, drop_axis=job.axis, meta_dtype=job.dtype)
+        return job.map_kernel(_block_per_sample, drop_axis=job.axis, meta_dtype=job.loss_dtype)
     numerators = job.map_kernel(
         _block_weighted_sum, chunks=job.one_per_block, meta_dtype=np.float64,
         obj=_with_reduction(job.obj, "sum"),
@@ -300,7 +598,7 @@ def _loss_and_grad(job: _Job) -> tuple[da.Array, da.Array]:
     if job.reduction == "none":
         pairs = job.map_kernel(_block_loss_and_grad, meta_dtype=object)
         losses = pairs.map_blocks(
-            _pick_per_sample, axis=job.axis, chunks=job.with_class_chunk(1), dtype=job.dtype,
+            _pick_per_sample, axis=job.axis, chunks=job.with_class_chunk(1), dtype=job.loss_dtype,
         )
         return losses.squeeze(axis=job.axis), _pick_grad(pairs, job)
     denominator = () if job.reduction == "sum" else (float(job.denominator()),)  # computes
@@ -338,6 +636,11 @@ class _Job:
     @property
     def dtype(self) -> np.dtype:
         return self.y_pred.dtype
+
+    @property
+    def loss_dtype(self) -> np.dtype:
+        """The dtype of per-sample losses: y_pred's, float32 for float16 / bfloat16."""
+        return result_dtype(self.y_pred.dtype)
 
     @property
     def one_per_block(self) -> tuple:
@@ -382,11 +685,19 @@ class _Job:
         return parts.sum()
 
 
-_NUMPY_CLASSES = {
-    "categorical": _np_losses.CategoricalCrossentropy,
-    "sparse": _np_losses.SparseCategoricalCrossentropy,
-    "binary": _np_losses.BinaryCrossentropy,
-}
+# The NumPy classes a block runs, the kind of y_true each takes ("categorical": targets of
+# y_pred's shape, "sparse": integer labels, "binary": targets of y_pred's shape, the loss a
+# mean over the class axis), and whether it reads float16 / bfloat16 y_pred.
+_NUMPY_CLASSES = (
+    (_np_losses.CategoricalCrossentropy, "categorical", True),
+    (_np_losses.SparseCategoricalCrossentropy, "sparse", True),
+    (_np_losses.BinaryCrossentropy, "binary", True),
+    (_np_focal.BinaryFocalCrossentropy, "binary", False),
+    (_np_focal.CategoricalFocalCrossentropy, "categorical", False),
+    (_np_focal.SparseCategoricalFocalCrossentropy, "sparse", False),
+    (_np_focal.KLDivergence, "categorical", False),
+    (_np_focal.CategoricalGeneralizedCrossEntropy, "sparse", False),
+)
 
 
 def _with_reduction(obj, reduction: str):
@@ -437,12 +748,13 @@ def _align(a: da.Array, chunks: tuple) -> da.Array:
 
 
 def _prepare(loss_obj: _DaskLoss, y_true, y_pred, sample_weight) -> _Job:
-    kind = next(k for k, cls in _NUMPY_CLASSES.items() if isinstance(loss_obj, cls))
-    loss_obj = _NUMPY_CLASSES[kind].from_config(loss_obj.get_config())  # what blocks run
+    cls, kind, low_precision = next(c for c in _NUMPY_CLASSES if isinstance(loss_obj, c[0]))
+    loss_obj = cls.from_config(loss_obj.get_config())  # what blocks run
     y_pred = _as_dask(y_pred, "y_pred")
     if loss_obj.dtype is not None and y_pred.dtype.kind == "f" and y_pred.dtype != loss_obj.dtype:
         y_pred = y_pred.astype(loss_obj.dtype)  # the loss's dtype= (Keras'), as in NumPy
-    as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true, low_precision=False)
+    as_float_array(np.empty(0, y_pred.dtype), "y_pred", y_true=y_true,
+                   low_precision=low_precision)
     axis = normalize_axis(loss_obj.axis, y_pred.ndim)
     _check_known_chunks(y_pred, "y_pred")
     y_pred = _class_axis_in_one_chunk(y_pred, axis)
@@ -527,6 +839,7 @@ def _validate_options(obj, kind, y_pred, y_true, weight) -> None:
                          f"{y_pred.shape})")
     check_weight_vector(opts.class_weight, "class_weight", n_classes, "class")
     check_weight_vector(opts.pos_weight, "pos_weight", n_classes, "element of the class axis")
+    check_alpha_length(getattr(obj, "alpha", None), n_classes)
     if kind == "sparse":
         as_labels(np.empty(0, y_true.dtype), (0,), 0, 1)
     else:
