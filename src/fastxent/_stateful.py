@@ -1,5 +1,5 @@
-"""Stateful cross-entropy metrics (Keras' names) and streaming evaluation; public in
-:mod:`fastxent.metrics`.
+"""Stateful metrics (Keras' names: the cross-entropies, KL divergence; the focal family as
+an extension) and streaming evaluation; public in :mod:`fastxent.metrics`.
 
 A metric keeps two float64 numbers: the weighted sum of per-sample losses and the total
 weight (each with a Neumaier compensation term).  ``update_state`` adds one batch's pair,
@@ -425,9 +425,6 @@ class _FamilyMetric(_Metric):
 
     def _outcome(self, y_true, y_pred, sample_weight):
         return _family.compute(self._spec, y_true, y_pred, sample_weight, want_total=True)
-
-    def _loss_kwargs(self) -> dict:
-        return self._options_config()
 
 
 class KLDivergence(_FamilyMetric):

@@ -14,6 +14,7 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.array.core import PerformanceWarning
+from dask.sizeof import sizeof
 
 from fastxent import _glm
 from fastxent.dask._faults import report_killed_workers
@@ -44,16 +45,38 @@ def _encode_labels(y_b, classes):
     return np.searchsorted(classes, y_b).astype(np.intp)
 
 
+class _TrainingBlock(np.ndarray):
+    """A one-element object array holding a row block's ``(X_b, labels, weights)``.
+
+    Its own type so that dask's ``sizeof`` (registered below, in every process that imports
+    this module: the workers do to run the fit's tasks) counts the arrays it holds rather than
+    the 8 bytes of an object array.  The scheduler places tasks and weighs moving data by
+    those sizes: at 8 bytes, a step's task for a block looked free to run on any worker, and
+    the block (tens of MB) then travelled to it unseen by dask's memory and transfer figures.
+    """
+
+
+@sizeof.register(_TrainingBlock)
+def _sizeof_training_block(block) -> int:
+    return int(sum(sizeof(part) for part in block[0])) if block.size else 0
+
+
 def _block_training_data(X_b, y_b, sw_b=None, *, classes, class_weight, total):
     """One row block ready for the objective: ``(X_b, class index of each row, sample
-    weight x class weight / total)``, after the in-memory fit's check of X's values."""
+    weight x class weight / total)`` in a :class:`_TrainingBlock`, after the in-memory
+    fit's check of X's values."""
     data = X_b.data if hasattr(X_b, "tocsr") else X_b
     if not np.all(np.isfinite(data)):
         raise ValueError("Input X contains NaN or infinity.")
     y_enc = _encode_labels(y_b, classes)
-    out = np.empty(1, dtype=object)
+    out = np.empty(1, dtype=object).view(_TrainingBlock)
     out[0] = (X_b, y_enc, _glm.effective_weights(y_enc, sw_b, class_weight) / total)
     return out
+
+
+# The largest total size of the per-block copies of the parameters that a step's graph
+# carries (one copy in each block's task); beyond it they are one task of their own.
+_INLINE_PARAMS_BYTES = 8 << 20
 
 
 def _block_data_term(block, params, *, glm):
@@ -211,14 +234,24 @@ def _fit(estimator, glm, X, y, sw):
     if client is not None and X.nbytes <= 0.5 * _cluster_memory(client):
         blocks = blocks.persist()
 
+    n_blocks = blocks.numblocks[0]
+
     def loss_grad(params, blocks):
         """The objective: data term summed over blocks on the workers, plus the penalty."""
-        # The parameters travel as one task of the graph (not scattered data): a task that
-        # a lost worker held is recomputed from its graph, scattered data would be lost.
-        shared = da.from_array(params, chunks=-1, name=False)
+        # The parameters travel in the graph, not as scattered data: a task that a lost
+        # worker held is recomputed from its graph, scattered data would be lost.  When a
+        # copy per block is small, each block's task carries them, so that its block is its
+        # only dependency and the scheduler runs it where the block lies; a shared task of
+        # parameters held by one worker would make that worker a candidate for every
+        # block's task, and the scheduler, weighing the workers' load against a transfer,
+        # moved blocks to it.  Larger parameters are one task that all blocks depend on.
+        if params.nbytes * n_blocks <= _INLINE_PARAMS_BYTES:
+            args, per_task = (), {"params": params}
+        else:
+            args, per_task = (da.from_array(params, chunks=-1, name=False), "k"), {}
         parts = da.blockwise(
-            _block_data_term, "ij", blocks, "i", shared, "k", new_axes={"j": 1 + params.size},
-            glm=glm, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+            _block_data_term, "ij", blocks, "i", *args, new_axes={"j": 1 + params.size},
+            glm=glm, concatenate=True, dtype=np.float64, meta=np.empty((0, 0)), **per_task,
         )
         packed = parts.sum(axis=0).compute()  # a tree reduction on the workers
         pen, pgrad = glm.penalty_grad(params, n_features)
