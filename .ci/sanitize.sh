@@ -115,7 +115,7 @@ tests/test_caller_buffers.py tests/test_determinism.py tests/test_threads.py
 tests/test_hostile.py tests/test_memory.py tests/test_linear.py tests/test_objectives.py
 tests/test_metrics.py tests/test_sklearn.py tests/test_examples.py tests/test_large.py
 tests/test_focal.py tests/test_focal_objectives.py tests/test_pos_weight.py tests/test_nll.py
-tests/test_lowp.py"
+tests/test_lowp.py tests/test_fused_reduction.py"
 TESTS=${SANITIZE_TESTS:-$DEFAULT_TESTS}
 existing=""
 for t in $TESTS; do
