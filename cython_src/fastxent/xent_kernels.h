@@ -189,15 +189,17 @@ static inline float *fx_thread_scratch(const fx_items *it, int thread)
  *   - the rows are cut into the fixed blocks of the runners, fx_rows_per_block(row length)
  *     rows each (the row length decides, never the thread count);
  *   - a block's sum runs in FX_LANES lanes (row i of the block into lane i mod FX_LANES, in
- *     row order), the lanes combined in fx_lanes_total's fixed pairwise order (fx_dot_lanes);
+ *     row order), the lanes combined in fx_lanes_total's fixed pairwise order
+ *     (fx_block_sum_of);
  *   - the blocks' sums are added in block order (fx_sum_blocks).
- * The runners compute a block's sum as they compute its rows (fx_job.block_sums), without an
- * array of per-row losses; fx_blocked_total gives the same bits from such an array.
+ * The runners compute a block's sum as they compute its rows (fx_job.block_sums, through
+ * fx_block_losses), without an array of per-row losses; fx_blocked_total gives the same bits
+ * from such an array, through the same fx_block_sum_of.
  */
 
 /* acc[i mod FX_LANES] += a[i] * w[i] (w NULL: a[i]) for i < n, in order.  Spans given one
  * after another continue one sum when all but the last have a multiple of FX_LANES terms. */
-static inline void fx_lanes_add(double *acc, const double *a, const double *w, int64_t n)
+FX_INLINE void fx_lanes_add(double *acc, const double *a, const double *w, int64_t n)
 {
     int64_t i = 0;
     if (w == NULL) {
@@ -211,13 +213,57 @@ static inline void fx_lanes_add(double *acc, const double *a, const double *w, i
     }
 }
 
-/* sum_i a[i] * w[i] (w NULL: sum_i a[i]) in FX_LANES lanes combined in a fixed order: one
- * block's sum, and the sums of weights of the denominators. */
-static double fx_dot_lanes(const double *a, const double *w, int64_t n)
+/* The losses of rows [s, s1) for a block's sum: written into buf (room for s1 - s values),
+ * or found where they already are; returns where they are, and adds the count of labels out
+ * of range to *bad.  ctx is the caller's description of the rows. */
+typedef const double *(*fx_losses_fn)(const void *ctx, int64_t s, int64_t s1, double *buf,
+                                      int64_t *bad);
+
+/* sum_r w[r] loss[r] over rows r0 <= r < r1 (w NULL: 1, indexed by row) of one block, the
+ * losses taken from fn FX_SUM_ROWS rows at a time (a multiple of FX_LANES, so the spans
+ * continue one sum): the one definition of a block's sum, for the runners (fx_block_losses)
+ * and for arrays of per-row losses (fx_dot_lanes).  Always inlined, so that it is compiled
+ * for the instruction set of its caller. */
+FX_INLINE double fx_block_sum_of(fx_losses_fn fn, const void *ctx, const double *w, int64_t r0,
+                                 int64_t r1, int64_t *bad)
 {
     double acc[FX_LANES] = {0.0};
-    fx_lanes_add(acc, a, w, n);
+    double buf[FX_SUM_ROWS];
+    for (int64_t s = r0; s < r1; s += FX_SUM_ROWS) {
+        const int64_t s1 = (r1 - s < FX_SUM_ROWS) ? r1 : s + FX_SUM_ROWS;
+        fx_lanes_add(acc, fn(ctx, s, s1, buf, bad), (w != NULL) ? w + s : NULL, s1 - s);
+    }
     return fx_lanes_total(acc);
+}
+
+/* Rows [r0, r1) of block b of job J by fn (ctx: where it finds them): their losses into
+ * J->loss, or, when the job wants block sums, the block's sum into J->block_sums[b] (weights
+ * J->sum_w; no per-row array is written).  Returns the count of labels out of range. */
+FX_INLINE int64_t fx_block_losses(const fx_job *J, int64_t b, int64_t r0, int64_t r1,
+                                  fx_losses_fn fn, const void *ctx)
+{
+    int64_t bad = 0;
+    if (J->block_sums == NULL)
+        (void)fn(ctx, r0, r1, J->loss + r0, &bad);
+    else
+        J->block_sums[b] = fx_block_sum_of(fn, ctx, J->sum_w, r0, r1, &bad);
+    return bad;
+}
+
+/* The losses of rows [s, s1) of a per-row array ctx, where they are. */
+static inline const double *fx_array_losses(const void *ctx, int64_t s, int64_t s1,
+                                            double *buf, int64_t *bad)
+{
+    (void)s1; (void)buf; (void)bad;
+    return (const double *)ctx + s;
+}
+
+/* sum_i a[i] * w[i] (w NULL: sum_i a[i]), i < n, summed as one block (fx_block_sum_of): a
+ * block's sum of per-row losses, and the sums of weights of the denominators. */
+static double fx_dot_lanes(const double *a, const double *w, int64_t n)
+{
+    int64_t bad = 0;
+    return fx_block_sum_of(fx_array_losses, a, w, 0, n, &bad);
 }
 
 /* The blocks' sums added in block order. */
