@@ -15,10 +15,17 @@ import math
 import numpy as np
 import pytest
 import reference as ref
-from util import binary_targets, logits, low_precision_dtypes, rtol_for, sparse_labels
+from util import (
+    binary_targets,
+    logits,
+    low_precision_dtypes,
+    rtol_for,
+    soft_targets,
+    sparse_labels,
+)
 
 import fastxent as fx
-from fastxent import LabelRangeError, _kernels
+from fastxent import LabelRangeError, _family, _kernels
 
 # (rows, row length): one element per row (flat binary: 32,768-row blocks), short rows
 # (3,276-row blocks, the transposed softmax kernel), long rows (32-row blocks), and rows of
@@ -195,3 +202,79 @@ def test_label_out_of_range_still_reported(rng):
     assert err.value.position == (123_456,)
     assert err.value.value == 3
 
+
+
+# The binary focal and KL-divergence kernels (from logits) sum their blocks the same way.
+FOCAL_KL_CASES = [("binary_focal", s) for s in SHAPES] + [
+    ("kl", s) for s in SHAPES if s[1] > 1]
+
+
+def focal_kl_call(kind, shape, dtype, rng):
+    """(loss class, its options, y_true, y_pred, sample weight)."""
+    x = logits(rng, shape, dtype)
+    if kind == "binary_focal":
+        return (fx.BinaryFocalCrossentropy,
+                {"gamma": 1.5, "apply_class_balancing": True, "label_smoothing": 0.1},
+                binary_targets(rng, shape, dtype), x, rng.random(shape[0]))
+    t = soft_targets(rng, shape, dtype=dtype)
+    t[0, 0] = 0.0   # 0 log 0 = 0
+    return fx.KLDivergence, {}, t, x, rng.random(shape[0])
+
+
+@pytest.fixture
+def every_isa():
+    """The available instruction-set paths; the automatic choice restored afterwards."""
+    yield fx.available_isas()
+    fx.set_isa("auto")
+
+
+def same_bits(a, b):
+    return np.asarray(a, dtype=np.float64).tobytes() == np.asarray(b, dtype=np.float64).tobytes()
+
+
+@pytest.mark.parametrize("kind,shape", FOCAL_KL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_focal_and_kl_block_sums_same_bits(rng, every_isa, kind, shape, dtype):
+    """Summed inside the kernel (any reduction but "none") == the float64 per-row losses
+    summed afterwards, with the same gradient, on every path and thread count."""
+    cls, opts, y, x, w = focal_kl_call(kind, shape, dtype, rng)
+    first = {}
+    for isa in every_isa:
+        fx.set_isa(isa)
+        for n_threads in (1, 2, 4):
+            for sw in (None, w):
+                rows_loss = cls(from_logits=True, reduction="none", n_threads=n_threads,
+                                **opts)
+                # the kernel's float64 per-row losses, weighted and summed by the blocks
+                per_row = _family.compute(rows_loss._spec, y, x, sw, want_grad=True,
+                                          want_total=True)
+                fused, grad = cls(from_logits=True, reduction="sum", n_threads=n_threads,
+                                  **opts).loss_and_grad(y, x, sw)
+                assert same_bits(fused, per_row.total), (isa, n_threads, sw is None)
+                assert same_bits(grad, per_row.grad)
+                if dtype == np.float64:
+                    # the definition in NumPy over the rows of reduction "none"
+                    assert same_bits(fused, blocked_total(per_row.loss.ravel(), None,
+                                                          shape[1]))
+                mean = cls(from_logits=True, n_threads=n_threads, **opts)(y, x, sw)
+                assert same_bits(mean, per_row.total / shape[0])
+                # and the same bits on every path and thread count
+                assert same_bits(fused, first.setdefault(sw is None, fused)), (isa, n_threads)
+
+
+@pytest.mark.parametrize("kind", ["binary_focal", "kl"])
+def test_focal_and_kl_block_sums_match_the_oracle(rng, kind):
+    shape = (2_001, 1_000)
+    cls, opts, y, x, w = focal_kl_call(kind, shape, np.float64, rng)
+    got = cls(from_logits=True, reduction="sum", **opts)(y, x, w)
+    expected = math.fsum(ref.FAMILY_PER_SAMPLE[kind](y, x, from_logits=True, **opts) * w)
+    assert got == pytest.approx(expected, rel=rtol_for(np.float64))
+
+
+@pytest.mark.parametrize("kind", ["binary_focal", "kl"])
+def test_focal_and_kl_nan_in_a_block_stays_nan(rng, kind):
+    cls, opts, y, x, w = focal_kl_call(kind, (100_003, 10), np.float32, rng)
+    x[50_000, 3] = np.nan
+    w[50_000] = 0.0   # weighs 0 yet stays NaN (0 * NaN), as the per-row sum does
+    for reduction in REDUCTIONS:
+        assert math.isnan(cls(from_logits=True, reduction=reduction, **opts)(y, x, w))

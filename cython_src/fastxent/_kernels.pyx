@@ -27,7 +27,7 @@ from fastxent._xent cimport (
     fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16,
     fx_f32_to_f16, fx_get_isa, fx_job, fx_log1p_unit, fx_log1pf_recip, fx_log_pos,
     fx_lowp_convert, fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa, fx_sigmoid,
-    fx_softmax, fx_sum_blocks, fx_xlogx,
+    fx_softmax, fx_sum_blocks,
 )
 
 import numpy as np
@@ -203,6 +203,19 @@ def rows_per_block(int64_t row_length):
     return fx_rows_per_block(row_length)
 
 
+def n_blocks(int64_t n_rows, int64_t row_length):
+    """The number of fixed blocks of ``n_rows`` rows of this length: the length of a kernel's
+    ``block_sums``."""
+    return fx_n_blocks(n_rows, fx_rows_per_block(row_length))
+
+
+def blocks_total(cnp.ndarray block_sums):
+    """The total of a kernel's float64 ``block_sums``: the blocks' sums added in block order,
+    the same bits as ``weighted_total`` of the per-row losses."""
+    return fx_sum_blocks(<const double *>cnp.PyArray_DATA(block_sums),
+                         cnp.PyArray_SIZE(block_sums))
+
+
 # ------------------------------------------------------------------------------------------
 # Element types
 # ------------------------------------------------------------------------------------------
@@ -308,21 +321,45 @@ cdef void fill_job(fx_job *J, int code, int target_code, bint from_logits, int n
     J.P.row_a = row_a
     J.P.row_b = row_b
     J.P.row_c = row_c
+    J.P.add_xlogx = 0
+
+
+cdef int sum_blocks_into(fx_job *J, object loss, object block_sums, object sum_w) except -1:
+    """Where the job's losses go: the per-row ``loss`` array (float64, one per row), or, with
+    ``block_sums`` (float64, ``n_blocks(rows, row length)`` entries; ``loss`` None), each fixed
+    block's sum of ``sum_w`` x loss (``sum_w`` None: 1), computed as the block's rows are
+    (no per-row array is written)."""
+    if block_sums is None:
+        if loss is None:
+            raise ValueError("a kernel call needs loss or block_sums")
+        return 0
+    if cnp.PyArray_SIZE(<cnp.ndarray>block_sums) != fx_n_blocks(
+            J.n_rows, fx_rows_per_block(J.n_cols)):
+        raise ValueError("block_sums needs one entry per fixed block of rows (n_blocks)")
+    J.block_sums = <double *>cnp.PyArray_DATA(<cnp.ndarray>block_sums)
+    J.sum_w = opt_ptr(sum_w)
+    return 0
 
 
 ROW_FUNCTIONS = {"xent": 0, "focal": 1, "gce": 2}
 
 
 def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
-            cnp.ndarray loss, lse, bint from_logits, double keep, double spread,
+            loss, lse, bint from_logits, double keep, double spread,
             double zloss, double eps, class_weight, ignore_class, int n_threads,
-            int row_fn=0, double row_a=0.0, double row_b=0.0):
+            int row_fn=0, double row_a=0.0, double row_b=0.0, block_sums=None, sum_w=None,
+            bint add_xlogx=False):
     """Per-row softmax cross-entropy of the (rows, classes) buffer ``x``.
 
     Exactly one of ``labels`` (int64, one per row) and ``target`` (x's shape) is given.  Row
     r's gradient (and Hessian diagonal) is scaled by ``gs0 * gscale[r]``; ``grad``, ``hess``,
-    ``gscale`` and ``lse`` may be None.  Returns the number of labels outside [0, classes)
-    that were not ``ignore_class``.
+    ``gscale`` and ``lse`` may be None.  The losses go into ``loss`` or, summed by blocks,
+    into ``block_sums`` (see ``sum_blocks_into``).  Returns the number of labels outside
+    [0, classes) that were not ``ignore_class``.
+
+    ``add_xlogx`` (soft targets from logits, float32 / float64): each row's loss plus
+    ``sum_k t_k log t_k`` (0 log 0 = 0; a negative or NaN target gives NaN), the KL
+    divergence.
 
     ``row_fn`` (``ROW_FUNCTIONS``; from logits with labels, no smoothing, class weights,
     z-loss or Hessian, rows shorter than ``SPLIT_MIN``): the gradient of a per-row loss
@@ -335,9 +372,13 @@ def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
              cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), data_or_null(target), <const int64_t *>data_or_null(labels),
-             opt_ptr(gscale), <double *>cnp.PyArray_DATA(loss), <double *>data_or_null(lse),
+             opt_ptr(gscale), <double *>data_or_null(loss), <double *>data_or_null(lse),
              keep, spread, zloss, eps, gs0, class_weight, None, ignore_class, row_fn, row_a,
              row_b)
+    sum_blocks_into(&J, loss, block_sums, sum_w)
+    if add_xlogx and J.dtype != FX_FLOAT32 and J.dtype != FX_FLOAT64:
+        raise TypeError(f"add_xlogx reads float32 or float64 data, got {x.dtype}")
+    J.P.add_xlogx = add_xlogx
     return run_job(&J, True, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 
@@ -365,36 +406,24 @@ cdef int float_code(cnp.ndarray a) except -2:
 
 
 def binary_focal(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale,
-                 cnp.ndarray loss, double keep, double spread, double gamma, double a1,
-                 double a0, int n_threads):
-    """Binary focal cross-entropy from logits, each row's mean into ``loss`` (float64); the
-    gradient and Hessian diagonal (None: not wanted) scaled by ``gs0 * gscale[row] / n``.
-    ``a1`` / ``a0`` weigh positives / negatives (1 and 1 without class balancing)."""
+                 loss, double keep, double spread, double gamma, double a1, double a0,
+                 int n_threads, block_sums=None, sum_w=None):
+    """Binary focal cross-entropy from logits, each row's mean into ``loss`` (float64) or,
+    summed by blocks, into ``block_sums`` (see ``sum_blocks_into``); the gradient and Hessian
+    diagonal (None: not wanted) scaled by ``gs0 * gscale[row] / n``.  ``a1`` / ``a0`` weigh
+    positives / negatives (1 and 1 without class balancing)."""
     cdef fx_job J
     fill_job(&J, float_code(x), float_code(target), True, n_threads, cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
-             <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, 1e-7, gs0, None,
+             <double *>data_or_null(loss), NULL, keep, spread, 0.0, 1e-7, gs0, None,
              None, None, 0, a1, gamma, a0)
+    sum_blocks_into(&J, loss, block_sums, sum_w)
     if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
         with nogil:
             fx_binary_focal(&J)
     else:
         fx_binary_focal(&J)
-
-
-def xlogx_rows(*, cnp.ndarray x, cnp.ndarray out, int n_threads):
-    """``out[r] = sum_k x[r, k] log x[r, k]`` (float64) of a (rows, n) buffer: 0 log 0 = 0,
-    a negative or NaN entry gives NaN."""
-    cdef fx_job J
-    fill_job(&J, float_code(x), -1, True, n_threads, cnp.PyArray_DIM(x, 0),
-             cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), NULL, NULL, NULL, NULL, NULL,
-             <double *>cnp.PyArray_DATA(out), NULL, 1.0, 0.0, 0.0, 1e-7, 1.0, None, None, None)
-    if J.n_rows * J.n_cols >= NOGIL_ELEMENTS:
-        with nogil:
-            fx_xlogx(&J)
-    else:
-        fx_xlogx(&J)
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ cdef extern from "xent_kernels.h" nogil:
         double row_a
         double row_b
         double row_c
+        int add_xlogx
 
     ctypedef struct fx_job:
         int dtype
@@ -51,7 +52,6 @@ cdef extern from "xent_kernels.h" nogil:
     int64_t fx_softmax(const fx_job *J)
     int64_t fx_sigmoid(const fx_job *J)
     int64_t fx_binary_focal(const fx_job *J)
-    int64_t fx_xlogx(const fx_job *J)
     double fx_dot_lanes(const double *a, const double *w, int64_t n)
     double fx_sum_blocks(const double *part, int64_t nblocks)
     double fx_blocked_total(const double *a, const double *w, int64_t n, int64_t rpb)

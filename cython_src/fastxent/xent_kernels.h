@@ -51,6 +51,8 @@ typedef struct {
                          * per-row loss h(log p_y) instead of -log p_y (FX_ROW_*) */
     double row_a, row_b;  /* its parameters: focal alpha, gamma; generalized CE -, q */
     double row_c;         /* binary focal: row_a / row_c weigh positives / negatives, row_b gamma */
+    int add_xlogx;        /* softmax from logits with soft targets, float / double data: each
+                           * row's loss plus sum_k t_k log t_k (the KL divergence) */
 } fx_params;
 
 #define FX_ROW_XENT 0   /* the cross-entropy itself */
@@ -419,7 +421,6 @@ typedef int64_t (*fx_runner)(const fx_job *);
 static const fx_runner fx_softmax_runners[][2] = FX_RUNNERS(fx_softmax_run);
 static const fx_runner fx_sigmoid_runners[][2] = FX_RUNNERS(fx_sigmoid_run);
 static const fx_runner fx_bfocal_runners[][2] = FX_RUNNERS(fx_bfocal_run);
-static const fx_runner fx_xlogx_runners[][2] = FX_RUNNERS(fx_xlogx_run);
 #if FX_HAVE_DISPATCH
 #define FX_LOWP_RUNNERS(name) { name##_base, name##_avx2, name##_avx512 }
 #else
@@ -457,17 +458,11 @@ static int64_t fx_sigmoid(const fx_job *J)
 }
 
 /* Binary focal cross-entropy from logits (Keras' binary_focal_crossentropy with the exact
- * log-sigmoid), the mean over each row; P.row_b is gamma, P.row_a / P.row_c the weights of
- * positives / negatives.  Returns 0. */
+ * log-sigmoid), the mean over each row (into J->loss, or summed into J->block_sums); P.row_b
+ * is gamma, P.row_a / P.row_c the weights of positives / negatives.  Returns 0. */
 static int64_t fx_binary_focal(const fx_job *J)
 {
     return fx_bfocal_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
-}
-
-/* sum_k x_k log x_k of each row of J->x into J->loss (0 log 0 = 0).  Returns 0. */
-static int64_t fx_xlogx(const fx_job *J)
-{
-    return fx_xlogx_runners[fx_isa_level][J->dtype == FX_FLOAT64](J);
 }
 
 #endif /* FASTXENT_XENT_KERNELS_H */

@@ -144,15 +144,19 @@ def _as_given(out: Outcome, y_pred, shape: tuple, grad_out, inplace) -> Outcome:
     return out
 
 
-def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: np.ndarray,
-                labels=None, target=None, grad=None, hess=None, lse=None, class_weight=None,
-                n_threads: int, row_fn: str = "xent", row_a: float = 0.0,
-                row_b: float = 0.0) -> int:
+def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan,
+                loss: np.ndarray | None, labels=None, target=None, grad=None, hess=None,
+                lse=None, class_weight=None, n_threads: int, row_fn: str = "xent",
+                row_a: float = 0.0, row_b: float = 0.0, block_sums=None,
+                add_xlogx: bool = False) -> int:
     """The softmax kernel on laid-out (rows, classes) buffers; returns the bad-label count.
 
     ``row_fn`` "focal" / "gce" (labels, from logits, rows shorter than
     ``_kernels.SPLIT_MIN``, no smoothing, class weight, z-loss or Hessian): the gradient of
-    that per-row loss of ``log p_y`` (see ``_kernels.softmax``)."""
+    that per-row loss of ``log p_y`` (see ``_kernels.softmax``).  ``block_sums``
+    (``_reduction.block_sums``; ``loss`` None): the losses summed by the kernel's blocks,
+    weighted by ``plan.weights``.  ``add_xlogx``: each row's loss plus ``sum t log t`` of
+    its targets (the KL divergence from logits)."""
     ncls = x2.shape[1]
     return _kernels.softmax(
         x=x2, grad=grad, hess=hess, target=target, labels=labels, gs0=plan.gs0,
@@ -161,6 +165,7 @@ def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan, loss: n
         zloss=opts.z_loss, eps=opts.epsilon, class_weight=class_weight,
         ignore_class=opts.ignore_class, n_threads=n_threads,
         row_fn=_kernels.ROW_FUNCTIONS[row_fn], row_a=row_a, row_b=row_b,
+        block_sums=block_sums, sum_w=plan.weights, add_xlogx=add_xlogx,
     )
 
 
@@ -177,19 +182,17 @@ def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reducti
 
 
 def run_binary_focal(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reduction.Plan,
-                     loss: np.ndarray, gamma: float, alpha_pos: float, alpha_neg: float,
-                     grad=None, hess=None, n_threads: int) -> None:
-    """The binary focal kernel (from logits) on laid-out (rows, elements) buffers."""
+                     loss: np.ndarray | None, gamma: float, alpha_pos: float,
+                     alpha_neg: float, grad=None, hess=None, n_threads: int,
+                     block_sums=None) -> None:
+    """The binary focal kernel (from logits) on laid-out (rows, elements) buffers;
+    ``block_sums`` as for ``run_softmax``."""
     _kernels.binary_focal(
         x=x2, target=z2, grad=grad, hess=hess, gs0=plan.gs0, gscale=plan.weights, loss=loss,
         keep=1.0 - opts.label_smoothing, spread=opts.label_smoothing / 2.0, gamma=gamma,
-        a1=alpha_pos, a0=alpha_neg, n_threads=n_threads,
+        a1=alpha_pos, a0=alpha_neg, n_threads=n_threads, block_sums=block_sums,
+        sum_w=plan.weights,
     )
-
-
-def run_xlogx(t2: np.ndarray, out: np.ndarray, *, n_threads: int) -> None:
-    """``out[r] = sum_k t[r, k] log t[r, k]`` of a laid-out (rows, classes) buffer."""
-    _kernels.xlogx_rows(x=t2, out=out, n_threads=n_threads)
 
 
 def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,

@@ -11,9 +11,11 @@ Each loss reaches the kernels through ``fastxent._dispatch`` and reduces through
   or more) and Hessian calls take two passes: ``-log p_y`` first, then the gradient with
   each row's scale (sample weight x mask / denominator) multiplied by ``F``.
 * KL divergence from logits: the soft-target cross-entropy kernel (gradient
-  ``(sum t) softmax - t``) plus the kernel of ``sum t log t`` per row.
+  ``(sum t) softmax - t``), each row's loss plus ``sum t log t`` (``add_xlogx``).
 * binary focal from logits: its own kernel (``_kernels.binary_focal``), one read of the
-  logits and targets, one write of the gradient (and Hessian);
+  logits and targets, one write of the gradient (and Hessian).
+  These two kernels sum their losses by their fixed blocks (``_reduction.block_sums``)
+  unless the reduction is ``"none"``: no per-row array, the bits of the per-row sum;
 * categorical (soft-target) focal, binary focal from probabilities, KL divergence and
   generalized cross-entropy from probabilities: elementwise float64 NumPy over blocks of rows
   (bounded temporaries), row sums in NumPy's fixed pairwise order.
@@ -178,15 +180,22 @@ def _checked_call(spec: Spec, want_grad, want_hess, grad_out, inplace) -> Option
 
 
 def _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
-             inplace, want_total) -> _dispatch.Outcome:
+             inplace, want_total, block_sums=None) -> _dispatch.Outcome:
     """The reduced loss, the gradient and Hessian in y_pred's own shape (and on request the
-    plan's weighted sum of the per-row losses, a stateful metric's numerator)."""
+    plan's weighted sum of the per-row losses, a stateful metric's numerator), from the
+    per-row losses ``loss64`` or from a kernel's ``block_sums`` (``loss64`` None)."""
+    if block_sums is not None:
+        total = _reduction.blocks_total(block_sums)
+        loss = _reduction.reduce_total(total, plan)
+    else:
+        total = _reduction.total(loss64, plan) if want_total else None
+        loss = _reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype)
     return _dispatch._as_given(_dispatch.Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype),
+        loss=loss,
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
-        total=_reduction.total(loss64, plan) if want_total else None,
+        total=total if want_total else None,
     ), y_pred, given_shape, grad_out, inplace)
 
 
@@ -486,22 +495,22 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                            weights=_dispatch._weights(sample_weight, lay))
     grad2, hess2 = _dispatch._outputs(lay, y_true, sample_weight, want_grad, want_hess, gout,
                                       inplace)
-    loss64 = np.empty(n_rows)
     lo, hi = _clip_bounds(o.epsilon, lay.arr.dtype)
     rows_w = None if plan.weights is None else plan.weights
-    if n_rows and spec.kind == "binary_focal" and o.from_logits:
+    kernel = n_rows > 0 and o.from_logits and spec.kind in ("binary_focal", "kl")
+    # a kernel sums its losses by its fixed blocks unless the per-row losses are wanted
+    sums = _reduction.block_sums(plan, n_rows) if kernel else None
+    loss64 = np.empty(n_rows) if sums is None else None
+    if kernel and spec.kind == "binary_focal":
         a1, a0 = ((spec.alpha, 1.0 - spec.alpha) if spec.apply_class_balancing else (1.0, 1.0))
         _dispatch.run_binary_focal(o, lay.x2, t2, plan=plan, loss=loss64, gamma=spec.gamma,
                                    alpha_pos=a1, alpha_neg=a0, grad=grad2, hess=hess2,
-                                   n_threads=resolve_n_threads(o.n_threads))
-    elif n_rows and spec.kind == "kl" and o.from_logits:
+                                   n_threads=resolve_n_threads(o.n_threads), block_sums=sums)
+    elif kernel:
         # soft-target cross-entropy from logits (gradient (sum t) softmax - t) + sum t log t
-        nt = resolve_n_threads(o.n_threads)
         _dispatch.run_softmax(o, lay.x2, plan=plan, loss=loss64, target=t2, grad=grad2,
-                              hess=hess2, n_threads=nt)
-        entropy = np.empty(n_rows)
-        _dispatch.run_xlogx(t2, entropy, n_threads=nt)
-        loss64 += entropy
+                              hess=hess2, n_threads=resolve_n_threads(o.n_threads),
+                              block_sums=sums, add_xlogx=True)
     elif n_rows:
         step = max(1, BLOCK_ELEMENTS // ncls)
         for r0 in range(0, n_rows, step):
@@ -529,7 +538,7 @@ def dense_rows(spec: Spec, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     if n_rows:
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
     return _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gout,
-                    inplace, want_total)
+                    inplace, want_total, sums)
 
 
 def binary_elementwise_pos_weight(o: Options, x2, z2, pw2, *, plan, loss, grad, hess):

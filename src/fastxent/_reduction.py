@@ -8,9 +8,9 @@ compiled (``fastxent._kernels.plan`` / ``weighted_total``) and shared with the f
 common calls, so both give the same bits.  The weighted sum of the losses is defined once, by
 the row length: the rows are cut into the kernels' fixed blocks
 (``_kernels.rows_per_block(row_length)`` rows each), a block is summed in float64 in 16 fixed
-lanes combined in a fixed order, and the blocks' sums are added in block order.  The fast path
-computes the same block sums inside the kernel, without writing the per-row losses; neither
-depends on the thread count.
+lanes combined in a fixed order, and the blocks' sums are added in block order.  The fast path,
+and the binary focal and KL-divergence kernels (``block_sums``), compute the same block sums
+inside the kernel, without writing the per-row losses; neither depends on the thread count.
 
 Reductions (Keras' names): ``"none"`` (the weighted per-sample losses), ``"sum"``,
 ``"sum_over_batch_size"`` (divided by the number of samples not ignored) and
@@ -84,6 +84,31 @@ def total(loss64: np.ndarray, p: Plan) -> float:
     return _kernels.weighted_total(loss64, p.weights, p.row_length)
 
 
+def block_sums(p: Plan, n_rows: int) -> np.ndarray | None:
+    """Where a kernel sums its own losses for plan ``p``: float64 scratch of one entry per
+    fixed block of ``n_rows`` rows of ``p.row_length`` (the kernel's ``block_sums``, weighted
+    by ``p.weights``), or None when the per-row losses are wanted (reduction ``"none"``).
+
+    A kernel that sums its blocks writes no per-row array; ``blocks_total`` of its sums has
+    the bits of ``total`` of its per-row losses.
+    """
+    if p.reduction == "none":
+        return None
+    return np.empty(_kernels.n_blocks(n_rows, p.row_length))
+
+
+def blocks_total(sums: np.ndarray) -> float:
+    """The weighted sum of the losses from a kernel's block sums (see ``block_sums``)."""
+    return _kernels.blocks_total(sums)
+
+
+def reduce_total(t: float, p: Plan) -> float:
+    """The reduced loss of a reduction other than ``"none"`` from its weighted sum ``t``."""
+    if p.reduction == "sum":
+        return t
+    return t / p.denominator if p.denominator != 0.0 else 0.0
+
+
 def reduce(loss64: np.ndarray, p: Plan, batch_shape: tuple, dtype):
     """Apply the weights and the reduction to flat float64 per-row losses.
 
@@ -92,10 +117,7 @@ def reduce(loss64: np.ndarray, p: Plan, batch_shape: tuple, dtype):
     if p.reduction == "none":
         weighted = loss64 if p.weights is None else loss64 * p.weights
         return weighted.reshape(batch_shape).astype(dtype)
-    t = total(loss64, p)
-    if p.reduction == "sum":
-        return t
-    return t / p.denominator if p.denominator != 0.0 else 0.0
+    return reduce_total(total(loss64, p), p)
 
 
 def zero_if_empty_mean(p: Plan, *buffers) -> None:
