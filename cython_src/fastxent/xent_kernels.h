@@ -31,6 +31,8 @@
 #define FX_CHUNK 4096 /* elements per flat chunk for short binary rows */
 #define FX_SHORT 16   /* softmax rows of at most this many classes use the transposed kernel */
 #define FX_RG 32      /* rows per transposed group (the vector lanes) */
+#define FX_ROW_GROUP 16 /* rows whose sums are taken before they are finished (longer rows) */
+#define FX_GROUP_ELEMS 16384 /* ... at most this many elements together */
 #define FX_SPLIT_MIN 262144  /* rows of at least this many elements are split across threads */
 #define FX_SPLIT_CHUNK 65536 /* ... into chunks of this many elements (fixed: thread-count free) */
 #define FX_SUM_ROWS 2048     /* rows per stack buffer of losses when a block sums them (a
@@ -76,6 +78,13 @@ FX_INLINE void fx_split_item(int64_t n, int64_t item, int64_t nch, int64_t *r, i
     *r = item / nch;
     *k0 = (item % nch) * FX_SPLIT_CHUNK;
     *len = (n - *k0 < FX_SPLIT_CHUNK) ? n - *k0 : FX_SPLIT_CHUNK;
+}
+
+/* Rows per group of the softmax block kernel (fx_softmax_logits_rows) for rows of n. */
+FX_INLINE int64_t fx_row_group(int64_t n)
+{
+    const int64_t k = FX_GROUP_ELEMS / (n > 0 ? n : 1);
+    return k < 1 ? 1 : (k > FX_ROW_GROUP ? FX_ROW_GROUP : k);
 }
 
 FX_INLINE double fx_lanes_total(const double *a)
