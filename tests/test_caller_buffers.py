@@ -169,6 +169,57 @@ def test_grad_out_with_inplace_or_without_gradient(rng):
         loss.loss_and_grad(y, x.copy(), grad_out=np.empty_like(x), inplace=True)
 
 
+def _general_path_result(loss, y_true, y_pred, sw, **kw):
+    """The same call through the general (Python-planned) path: y_true as a list."""
+    return loss.loss_and_grad(np.asarray(y_true).tolist(), y_pred, sw, **kw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("shape", [(37, 5), (3000, 1), (5, 300)])
+def test_caller_buffers_take_the_compiled_path_with_the_same_bits(rng, kind, dtype, reduction,
+                                                                  n_threads, shape):
+    """grad_out and inplace go through the compiled common-call path (no per-sample array,
+    no Python planning) and return exactly the bits of the general path."""
+    loss, y_true, y_pred = _case(rng, kind, shape, dtype)
+    loss = type(loss).from_config({**loss.get_config(), "reduction": reduction,
+                                   "n_threads": n_threads})
+    sw = rng.uniform(0.5, 2.0, size=shape[:-1])
+    want_loss, want_grad = _general_path_result(loss, y_true, y_pred, sw)
+    grad_out = np.full(shape, np.nan, dtype=dtype)
+    got_loss, got_grad = loss.loss_and_grad(y_true, y_pred, sw, grad_out=grad_out)
+    assert got_grad is grad_out
+    np.testing.assert_array_equal(got_grad, want_grad)
+    np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
+    work = y_pred.copy()
+    got_loss, got_grad = loss.loss_and_grad(y_true, work, sw, inplace=True)
+    assert got_grad is work
+    np.testing.assert_array_equal(work, want_grad)
+    np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_caller_buffers_write_no_per_sample_array(rng, kind):
+    """A reduced loss into the caller's buffer writes no float64 per-sample array (the
+    kernel sums its blocks): tall, narrow inputs, where that array would be the largest."""
+    n, c = 400_000, 1
+    if kind != "binary":
+        c = 2
+    loss, y_true, y_pred = _case(rng, kind, (n, c), np.float32)
+    grad_out = np.empty_like(y_pred)
+    loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * n * 8
+
+
 # ------------------------------------------------------------------------------- inplace
 
 

@@ -462,7 +462,19 @@ cdef int resolve_threads(object n_threads) except -1:
     return resolve_n_threads(n_threads)
 
 
-def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
+cdef inline bint _disjoint(cnp.ndarray a, object b):
+    """The bytes of contiguous ``a`` and of ``b`` (None, or a contiguous ndarray) do not meet."""
+    if b is None:
+        return True
+    cdef cnp.ndarray other = <cnp.ndarray>b
+    cdef char *a0 = <char *>cnp.PyArray_DATA(a)
+    cdef char *b0 = <char *>cnp.PyArray_DATA(other)
+    return (a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(other) <= a0
+            or cnp.PyArray_NBYTES(a) == 0 or cnp.PyArray_NBYTES(other) == 0)
+
+
+def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad, grad_out=None,
+              bint inplace=False):
     """The reduced loss (and gradient) of a common call, or None for the general path.
 
     Common: y_pred an ndarray of float32/float64/float16/bfloat16, C-contiguous and aligned,
@@ -471,7 +483,16 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
     binary); sample_weight None or, for 2-d y_pred,
     a float64 vector with one weight per row; class / positive weights None or one per
     class.  A bad label also returns None: the general path raises the error.
+
+    The gradient goes into a new array, into ``grad_out`` (an ndarray of y_pred's shape and
+    dtype, C-contiguous, aligned, writeable, sharing no memory with the inputs) or, with
+    ``inplace``, over a writeable y_pred that shares no memory with y_true / sample_weight;
+    any other buffer takes the general path, whose checks raise the error.
     """
+    if (grad_out is not None or inplace) and not want_grad:
+        return None
+    if grad_out is not None and inplace:
+        return None
     if type(y_pred) is not np.ndarray:
         return None
     cdef cnp.ndarray x = <cnp.ndarray>y_pred
@@ -514,10 +535,22 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad):
         return None
     if softmax and not o.sparse and o.class_weight is not None and o._red == RED_WEIGHTED:
         return None   # the class-weighted mean of soft targets: planned by the general path
+    cdef cnp.ndarray grad = None
+    if grad_out is not None:
+        if not plain_array(grad_out, typenum):
+            return None
+        grad = <cnp.ndarray>grad_out
+        if not (cnp.PyArray_NDIM(grad) == nd and same_dims(grad, x, nd)
+                and cnp.PyArray_ISWRITEABLE(grad) and _disjoint(grad, x)
+                and _disjoint(grad, t) and _disjoint(grad, sample_weight)):
+            return None
+    elif inplace:
+        if not (cnp.PyArray_ISWRITEABLE(x) and _disjoint(x, t) and _disjoint(x, sample_weight)):
+            return None
+        grad = x
     cdef int n_threads = resolve_threads(o.n_threads)
 
-    cdef cnp.ndarray grad = None
-    if want_grad:
+    if want_grad and grad is None:
         grad = _empty(nd, cnp.PyArray_DIMS(x), typenum)
     # per-row scratch, as needed: the losses (reduction "none" only: any other reduction
     # takes the kernel's sums of its fixed blocks), the effective weights and the class

@@ -99,9 +99,10 @@ FX_INLINE double fx_two_atanh_small(double s)
 FX_INLINE double fx_log1p_unit(double y)
 {
     const double ln2 = 0.69314718055994530942;
-    int hi = y > 0.41421356237309504880;
-    double s = hi ? (y - 1.0) / (y + 3.0) : y / (2.0 + y);
-    double k = hi ? ln2 : 0.0;
+    /* one division: h enters as a number (see fx_log1pf_recip); (y + 2) + 1 is y + 3 */
+    const double h = (double)(y > 0.41421356237309504880);
+    double s = (y - h) / ((y + 2.0) + h);
+    double k = h * ln2;
     return k + fx_two_atanh_small(s);
 }
 
@@ -187,14 +188,18 @@ FX_INLINE float fx_expf_nonpos(float d) { return fx_expf_core(d, 0.0f); }
 FX_INLINE float fx_log1pf_recip(float y, float *inv)
 {
     const float ln2 = 0.693147180559945f;
-    int hi = y > 0.41421356f;
-    float den = hi ? (y + 3.0f) : (2.0f + y);
-    float num = hi ? (y - 1.0f) : y;
+    /* h = 1 above sqrt2 - 1, else 0, entering the formulas as a number: with a select between
+     * two whole expressions GCC evaluated both branches, the division included.  den is
+     * (y + 2) + h, the same bits as y + 3 when h = 1 (both sums lie in [2, 4]: one spacing,
+     * so the first rounding is the only one). */
+    const float h = (float)(y > 0.41421356f);
+    float den = (y + 2.0f) + h;
+    float num = y - h;
     float u = 1.0f + y;
     float q = 1.0f / (u * den);
     *inv = den * q;
     float s = num * (u * q);
-    float k = hi ? ln2 : 0.0f;
+    float k = h * ln2;
     float s2 = s * s;
     float p = 1.0f / 9.0f;
     p = p * s2 + 1.0f / 7.0f;

@@ -2,8 +2,9 @@
 
 Every public entry point reaches the compiled kernels through this module:
 
-1. a common call (ndarrays, class axis last, contiguous, plain targets and weights) is
-   checked, planned, run and reduced in compiled code (``_kernels.fast_call``);
+1. a common call (ndarrays, class axis last, contiguous, plain targets and weights; the
+   gradient into a new array, a contiguous ``grad_out`` or ``y_pred`` itself) is checked,
+   planned, run and reduced in compiled code (``_kernels.fast_call``);
 2. every other call is laid out (``_layout``), planned (``_reduction``), run through
    :func:`run_softmax` / :func:`run_sigmoid` (the only callers of the kernels, with named
    arguments) and reduced (``_reduction``).
@@ -49,8 +50,9 @@ class Outcome:
 def loss_and_grad(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=False,
                   grad_out=None, inplace=False, want_lse=False):
     """``loss`` or ``(loss, grad)``: the compiled fast path when the call allows it."""
-    if grad_out is None and not inplace and not want_lse:
-        out = _kernels.fast_call(opts, y_true, y_pred, sample_weight, want_grad)
+    if not want_lse:
+        out = _kernels.fast_call(opts, y_true, y_pred, sample_weight, want_grad, grad_out,
+                                 inplace)
         if out is not None:
             return out
     run = softmax if opts.family == "softmax" else sigmoid

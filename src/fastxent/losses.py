@@ -298,8 +298,9 @@ class _Loss:
             Only with ``return_lse=True``.
         """
         y_pred = self._cast(y_pred, inplace)
-        if grad_out is None and not inplace and not return_lse:
-            out = _fast_call(self._options, y_true, y_pred, sample_weight, True)
+        if not return_lse:
+            out = _fast_call(self._options, y_true, y_pred, sample_weight, True, grad_out,
+                             inplace)
             if out is not None:
                 return out
         if return_lse:
