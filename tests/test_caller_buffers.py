@@ -200,6 +200,33 @@ def test_caller_buffers_take_the_compiled_path_with_the_same_bits(rng, kind, dty
     np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_targets_one_rank_lower_take_the_compiled_path(rng, reduction, dtype):
+    """Binary y_true of shape (N,) beside y_pred (N, 1) (Keras' rank rule): the compiled path,
+    the general path's bits, and no per-sample array."""
+    n = 300_000
+    loss = fx.BinaryCrossentropy(from_logits=True, reduction=reduction, label_smoothing=0.1)
+    y_true = rng.uniform(size=n).astype(dtype)
+    y_pred = logits(rng, (n, 1), dtype)
+    sw = rng.uniform(0.5, 2.0, size=n)
+    want_loss, want_grad = _general_path_result(loss, y_true, y_pred, sw)
+    got_loss, got_grad = loss.loss_and_grad(y_true, y_pred, sw)
+    assert got_grad.shape == (n, 1)
+    np.testing.assert_array_equal(got_grad, want_grad)
+    np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
+    if reduction != "none":
+        loss.loss_and_grad(y_true, y_pred)
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            loss.loss_and_grad(y_true, y_pred)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < y_pred.nbytes + 0.25 * n * 8  # the gradient, and no float64 per sample
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_caller_buffers_write_no_per_sample_array(rng, kind):
     """A reduced loss into the caller's buffer writes no float64 per-sample array (the

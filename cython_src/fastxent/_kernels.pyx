@@ -480,7 +480,8 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad, grad_out
     Common: y_pred an ndarray of float32/float64/float16/bfloat16, C-contiguous and aligned,
     class axis last; y_true int64 labels of y_pred's shape less the class axis (sparse), or an
     array of y_pred's dtype (or float32 beside float16/bfloat16) and shape (categorical,
-    binary); sample_weight None or, for 2-d y_pred,
+    binary; binary targets of shape (N,) beside y_pred (N, 1) too, as Keras' rank rule reads
+    them); sample_weight None or, for 2-d y_pred,
     a float64 vector with one weight per row; class / positive weights None or one per
     class.  A bad label also returns None: the general path raises the error.
 
@@ -525,7 +526,10 @@ def fast_call(Options o, y_true, y_pred, sample_weight, bint want_grad, grad_out
         if not (plain_array(y_true, typenum) or (lowp and plain_array(y_true, cnp.NPY_FLOAT32))):
             return None
         t = <cnp.ndarray>y_true
-        if cnp.PyArray_NDIM(t) != nd or not same_dims(t, x, nd):
+        if not ((cnp.PyArray_NDIM(t) == nd and same_dims(t, x, nd))
+                # Keras' rank rule: binary targets (N,) beside y_pred (N, 1) are (N, 1)
+                or (not softmax and nd == 2 and C == 1 and cnp.PyArray_NDIM(t) == 1
+                    and cnp.PyArray_DIM(t, 0) == N)):
             return None
     if sample_weight is not None and not (
             nd == 2 and plain_array(sample_weight, cnp.NPY_FLOAT64)
