@@ -115,7 +115,7 @@ typedef struct {
     double *loss;           /* per-row loss; may be NULL when block_sums is given */
     double *lse;            /* per-row log-sum-exp (softmax from logits) */
     double *block_sums;     /* NULL, or one double per fixed block of rows (fx_n_blocks):
-                             * block b's sum_r sum_w[r] loss[r] (fx_dot_lanes over its rows) */
+                             * block b's sum_r sum_w[r] loss[r] (fx_block_sum_of) */
     const double *sum_w;    /* the weights of those sums (NULL: 1) */
     fx_params P;
 } fx_job;
