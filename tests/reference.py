@@ -643,3 +643,51 @@ def family_loss_and_grad(kind, y_true, y_pred, sample_weight=None, reduction="no
     else:
         den = float(np.sum(np.where(valid, sw * sample_cw, 0.0)))
     return red, (grad / den if den else np.zeros_like(grad))
+
+
+def family_loss(kind, y_true, y_pred, sample_weight=None, reduction="none", **options):
+    """The loss of :func:`family_loss_and_grad` alone (no finite differences: any size)."""
+    options.pop("n_threads", None)
+    loss = FAMILY_PER_SAMPLE[kind](y_true, np.asarray(y_pred, dtype=np.float64), **options)
+    ic = options.get("ignore_class")
+    valid = (np.ones(loss.shape, bool) if ic is None
+             else np.asarray(y_true).reshape(loss.shape) != ic)
+    grad = np.zeros(np.shape(y_pred))
+    return reduce_loss_and_grad(loss, grad, valid, valid * 1.0, options.get("axis", -1),
+                                sample_weight, reduction)[0]
+
+
+# ------------------------------------------------- PyTorch's nll_loss, scikit-learn's log_loss
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    """``torch.nn.functional.nll_loss``: ``w[y_i] * -input[i, y_i]`` per sample (class axis 1,
+    0 for 1-D input), 0 where ``y_i == ignore_index``; ``mean`` divides the sum by
+    ``sum_i w[y_i]`` over the samples not ignored (NaN when that is 0)."""
+    x = np.asarray(input, dtype=np.float64)
+    xm = np.moveaxis(x, 0 if x.ndim == 1 else 1, -1)
+    t = np.asarray(target, dtype=np.int64)
+    valid = t != ignore_index
+    lab = np.where(valid, t, 0)
+    w = np.ones(xm.shape[-1]) if weight is None else np.asarray(weight, dtype=np.float64)
+    wi = np.where(valid, w[lab], 0.0)
+    picked = np.take_along_axis(xm, lab[..., None], axis=-1)[..., 0]
+    loss = np.where(valid, -wi * picked, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return float(loss.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(loss.sum() / wi.sum())
+
+
+def log_loss(labels, probs, normalize=True, sample_weight=None):
+    """``sklearn.metrics.log_loss`` for integer labels ``0..C-1`` (columns of ``probs``):
+    ``-log(clip(p[i, y_i], eps, 1 - eps))`` with ``eps`` the machine epsilon of probs' dtype,
+    weighted mean (or weighted sum when not ``normalize``)."""
+    p = np.asarray(probs)
+    eps = np.finfo(p.dtype).eps
+    q = np.clip(p.astype(np.float64), eps, 1 - eps)
+    loss = -np.log(q[np.arange(len(q)), np.asarray(labels)])
+    w = np.ones(len(q)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    return float((loss * w).sum() / (w.sum() if normalize else 1.0))

@@ -20,6 +20,7 @@ weight).  A zero denominator gives 0.0 (Keras' ``divide_no_nan``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,32 @@ def reduce_total(t: float, p: Plan) -> float:
     if p.reduction == "sum":
         return t
     return t / p.denominator if p.denominator != 0.0 else 0.0
+
+
+def sum_and_weight(loss64: np.ndarray, row_length: int, weights=None) -> tuple[float, float]:
+    """``(sum_i w_i l_i, sum_i w_i)`` of flat float64 per-row losses ``l`` (``w`` None: ones),
+    by the definitions of the losses' ``"mean_with_sample_weight"``: the numerator is
+    :func:`total` by the blocks of rows of ``row_length``, the denominator the plan's sum of
+    weights.  For the callers that hold per-row losses of their own (``nll_loss``,
+    ``fastxent.metrics.log_loss``), so that their sums and means are the losses' bits.
+    """
+    loss64 = np.ascontiguousarray(loss64, dtype=np.float64).reshape(-1)
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
+        if weights.size != loss64.size:  # the kernels read one weight per loss
+            raise ValueError(f"{weights.size} weights for {loss64.size} losses")
+    p = plan("mean_with_sample_weight", loss64.size, row_length=row_length, weights=weights)
+    return total(loss64, p), p.denominator
+
+
+def exp_of_mean(mean: float) -> float:
+    """``exp`` of a mean cross-entropy (a perplexity): the C library's ``exp`` (as
+    ``math.exp``), ``inf`` past float64's range; one function for every perplexity, so that
+    the one-shot and the streaming ones give the same bits."""
+    try:
+        return math.exp(mean)
+    except OverflowError:
+        return math.inf
 
 
 def reduce(loss64: np.ndarray, p: Plan, batch_shape: tuple, dtype):

@@ -5,10 +5,13 @@ A metric keeps two float64 numbers: the weighted sum of per-sample losses and th
 weight (each with a Neumaier compensation term).  ``update_state`` adds one batch's pair,
 computed by ``fastxent._dispatch`` with the loss-only path (no gradient, nothing of size
 N x C allocated for float inputs in y_pred's dtype): the numerator is the plan's weighted
-sum (``Outcome.total``, fixed-order float64) and the denominator is the
-``"mean_with_sample_weight"`` plan's (sum of sample weights over the samples that count).
-``result()`` divides once at the end, so a result does not depend on how the data was split
-into batches, and a mean over nothing is 0.0 (Keras' ``divide_no_nan``).
+sum (``Outcome.total``: the losses' blocked float64 sum, by the fixed blocks of rows of the
+row length) and the denominator is the ``"mean_with_sample_weight"`` plan's (sum of sample
+weights over the samples that count), so one batch gives the matching loss's bits.  The
+batches' pairs are added in update order by Neumaier's compensated summation;
+``result()`` divides once at the end, so a result depends on how the data was split into
+batches only through the rounding of each batch's sums, and a mean over nothing is 0.0
+(Keras' ``divide_no_nan``).  The public definition is in :mod:`fastxent.metrics`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from fastxent import _dispatch, _family
+from fastxent import _dispatch, _family, _reduction
 from fastxent._options import sigmoid_options, softmax_options
 from fastxent._validation import check_dtype, check_name
 
@@ -130,7 +133,10 @@ class _Metric:
     def result(self):
         """The weighted mean so far: ``total / count`` (0.0 when ``count`` is 0).
 
-        A Python float, or a NumPy scalar of ``dtype`` when one was given.
+        ``total`` and ``count`` are the compensated sums of the batches' blocked sums (see
+        :mod:`fastxent.metrics`); after a single batch this is the bits of the matching loss
+        with ``reduction="mean_with_sample_weight"``, for any ``n_threads``.  A Python float,
+        or a NumPy scalar of ``dtype`` when one was given.
         """
         count = self._count + self._count_c
         mean = (self._total + self._total_c) / count if count != 0.0 else 0.0
@@ -395,10 +401,7 @@ class Perplexity(_Metric):
         return {"from_logits": o.from_logits, "mask_token_id": o.ignore_class, "axis": o.axis}
 
     def _finish(self, mean: float) -> float:
-        try:
-            return math.exp(mean)
-        except OverflowError:
-            return math.inf
+        return _reduction.exp_of_mean(mean)
 
     def _loss_kwargs(self) -> dict:
         o = self._options

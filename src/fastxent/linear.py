@@ -553,5 +553,4 @@ def perplexity(
     out = _dispatch.softmax(opts, y_true, y_pred, sample_weight)
     if out.denominator == 0.0:
         return float("nan")
-    with np.errstate(over="ignore"):
-        return float(np.exp(out.loss))
+    return _reduction.exp_of_mean(out.loss)

@@ -9,6 +9,22 @@ accumulate a float64 weighted sum and total weight over any number of
 ``update_state`` calls (NumPy or Dask arrays); :func:`evaluate` streams arrays larger than
 memory (``np.memmap``, h5py, zarr) through one in chunks, with an optional tqdm progress bar.
 
+How a metric sums, exactly.  A batch (one ``update_state`` call, or one block of a Dask
+array) contributes the two sums of the matching loss with
+``reduction="mean_with_sample_weight"``: ``S_b``, the weighted sum of its per-sample losses,
+summed by the losses' fixed blocks of rows (16 float64 lanes per block, combined in a fixed
+order, the blocks added in order), and ``W_b``, that reduction's denominator (the sum of the
+sample weights of the samples that count).  The state adds the ``S_b`` in update order with
+Neumaier's compensated float64 summation (a sum and a compensation term), and the ``W_b``
+likewise; :meth:`~CategoricalCrossentropy.merge_state` adds the other metrics' pairs in the
+order given.  ``result()`` is ``(sum + compensation of S) / (sum + compensation of W)``
+(0.0 when that is 0), its ``exp`` for :class:`Perplexity` (the C library's ``exp``, as
+``math.exp``).  So after one batch a metric returns the bits of the loss
+(:class:`Perplexity`: of :func:`fastxent.perplexity`, which gives NaN instead of 0.0 when no
+token counts), and no result depends on ``n_threads``; splitting the data into other batches
+changes only the rounding of the batches' sums (the test-suite allows a relative 1e-12), not
+the definition.
+
 :func:`log_loss` is a drop-in replacement for :func:`sklearn.metrics.log_loss`: the same
 argument checks, warnings, errors and results on the same inputs (checked against the
 installed scikit-learn by the test-suite), with the cross-entropy computed by fastxent's
@@ -25,6 +41,7 @@ import warnings
 
 import numpy as np
 
+from fastxent import _reduction
 from fastxent._stateful import (
     BinaryCrossentropy,
     BinaryFocalCrossentropy,
@@ -147,7 +164,12 @@ def log_loss(
 
     with ``eps = np.finfo(p.dtype).eps``; rows are *not* renormalized (a row that does not
     sum to one gives a ``UserWarning``, as in scikit-learn >= 1.5).  The per-sample losses
-    are computed by fastxent's probability kernel.
+    are computed by fastxent's probability kernel and summed as fastxent's losses sum them
+    (float64, by the fixed blocks of rows of ``n_classes`` elements, the same for any thread
+    count; the denominator is the sum of weights of ``"mean_with_sample_weight"``): for
+    float64 probabilities in ``[1e-7, 1 - 1e-7]`` whose rows sum to exactly 1, the result
+    is bit for bit :func:`fastxent.categorical_crossentropy`'s with ``reduction="sum"``
+    (``normalize=False``) or ``"mean_with_sample_weight"``, on the one-hot targets.
 
     Parameters
     ----------
@@ -236,11 +258,12 @@ def log_loss(
         )
 
     per_sample = _clipped_xent(targets, y_prob, eps)
-    if normalize:
-        return float(np.average(per_sample, weights=sample_weight))
-    if sample_weight is not None:
-        return float(np.dot(per_sample, sample_weight))
-    return float(np.sum(per_sample))
+    total, weight = _reduction.sum_and_weight(per_sample, y_prob.shape[1], sample_weight)
+    if not normalize:
+        return total
+    if weight == 0.0:  # np.average's error, which scikit-learn lets through
+        raise ZeroDivisionError("Weights sum to zero, can't be normalized")
+    return total / weight
 
 
 def _clipped_xent(targets, y_prob, eps):

@@ -1,10 +1,13 @@
 """Negative log-likelihood of log-probabilities: ``torch.nn.functional.nll_loss`` for NumPy.
 
 The loss reads one entry per sample (the target class's log-probability), so it is a NumPy
-gather and, for the gradient, a scatter: no kernel.  Semantics are PyTorch's, including its
-weighted mean ``sum_i w[y_i] * -input[i, y_i] / sum_i w[y_i]`` over the samples that are not
-``ignore_index``, which is NaN when that denominator is 0 (every sample ignored, or zero
-weights).  Reduced losses are Python floats accumulated in float64.
+gather and, for the gradient, a scatter: no loss kernel.  Semantics are PyTorch's, including
+its weighted mean ``sum_i w[y_i] * -input[i, y_i] / sum_i w[y_i]`` over the samples that are
+not ``ignore_index``, which is NaN when that denominator is 0 (every sample ignored, or zero
+weights).
+
+Reduced losses are Python floats, summed by the losses' float64 definition (see the Notes of
+:func:`nll_loss`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numbers
 
 import numpy as np
 
+from fastxent import _reduction
 from fastxent._errors import LabelRangeError
 from fastxent._interop import asarray
 from fastxent._validation import as_float_array, plain
@@ -87,6 +91,18 @@ def _losses(xm, labels, w, valid):
         return np.where(valid, -w * _picked(xm, labels), 0.0)
 
 
+def _sums(xm, labels, w, valid):
+    """``(sum_i w_i * -input[i, y_i], sum_i w_i)`` over the samples (0 where ignored)."""
+    unweighted = np.where(valid, -_picked(xm, labels), 0.0)
+    return _reduction.sum_and_weight(unweighted, xm.shape[-1], w)
+
+
+def _mean(total, denom):
+    """PyTorch's weighted mean: NaN (or +-inf) when the denominator is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.float64(total) / np.float64(denom))
+
+
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood loss (``torch.nn.functional.nll_loss``).
 
@@ -111,8 +127,19 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     Returns
     -------
     float or ndarray
-        A Python float (float64 accumulation) for ``mean``/``sum``; for ``none`` an array
-        of input's dtype and target's shape.
+        A Python float for ``mean``/``sum`` (float64 sums, see Notes); for ``none`` an
+        array of input's dtype and target's shape.
+
+    Notes
+    -----
+    Both sums are the ones of fastxent's losses, the same for any thread count: the
+    numerator is summed by the fixed blocks of rows of C elements that the losses use (each
+    block in 16 float64 lanes combined in a fixed order, the blocks added in order), the
+    denominator is the sum of weights of the ``"mean_with_sample_weight"`` reduction.  So
+    when ``input[i, y_i] = -l_i`` for the per-sample losses ``l`` of
+    :func:`~fastxent.sparse_categorical_crossentropy` on C classes, ``nll_loss`` returns that loss's
+    ``"sum"`` and ``"mean_with_sample_weight"`` (with ``class_weight=weight`` and
+    ``ignore_class=ignore_index``) bit for bit, except where the denominator is 0.
 
     Examples
     --------
@@ -124,14 +151,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     array([0.356675, 0.      ])
     """
     xm, labels, w, valid, reduction = _check(input, target, weight, ignore_index, reduction)
-    losses = _losses(xm, labels, w, valid)
     if reduction == "none":
-        return losses.astype(xm.dtype)
-    total = float(losses.sum())
-    if reduction == "sum":
-        return total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return float(np.float64(total) / np.float64(w.sum()))
+        return _losses(xm, labels, w, valid).astype(xm.dtype)
+    total, denom = _sums(xm, labels, w, valid)
+    return total if reduction == "sum" else _mean(total, denom)
 
 
 def nll_loss_and_grad(input, target, weight=None, ignore_index=-100, reduction="mean"):
@@ -161,19 +184,17 @@ def nll_loss_and_grad(input, target, weight=None, ignore_index=-100, reduction="
            [ 0. ,  0. , -0.5]])
     """
     xm, labels, w, valid, reduction = _check(input, target, weight, ignore_index, reduction)
-    losses = _losses(xm, labels, w, valid)
     if reduction == "none":
-        loss = losses.astype(xm.dtype)
+        loss = _losses(xm, labels, w, valid).astype(xm.dtype)
         scale = w
     else:
-        total = float(losses.sum())
+        total, denom = _sums(xm, labels, w, valid)
         if reduction == "sum":
             loss, scale = total, w
         else:
-            denom = np.float64(w.sum())
+            loss = _mean(total, denom)
             with np.errstate(invalid="ignore", divide="ignore"):
-                loss = float(np.float64(total) / denom)
-                scale = w / denom
+                scale = w / np.float64(denom)
     grad = np.zeros(xm.shape, dtype=xm.dtype)  # (..., C): the class axis last
     np.put_along_axis(grad, labels[..., None], np.where(valid, -scale, 0.0)[..., None].astype(
         xm.dtype), axis=-1)
