@@ -227,6 +227,33 @@ def test_binary_targets_one_rank_lower_take_the_compiled_path(rng, reduction, dt
         assert peak < y_pred.nbytes + 0.25 * n * 8  # the gradient, and no float64 per sample
 
 
+@pytest.mark.parametrize("kind", ["binary", "categorical"])
+def test_general_path_writes_no_per_sample_array(rng, kind):
+    """A call the compiled common-call path does not take (here: float64 targets beside
+    float32 logits, converted first) still has the kernel sum its blocks for a reduced loss:
+    the conversion is the only per-row allocation, no float64 per-sample losses."""
+    n, c = 300_000, (1 if kind == "binary" else 2)
+    loss = (fx.BinaryCrossentropy(from_logits=True) if kind == "binary"
+            else fx.CategoricalCrossentropy(from_logits=True))
+    y_pred = logits(rng, (n, c), np.float32)
+    y_true = (rng.uniform(size=(n, c)) if kind == "binary"
+              else rng.dirichlet(np.ones(c), size=n))  # float64: not y_pred's dtype
+    grad_out = np.empty_like(y_pred)
+    want = loss.loss_and_grad(y_true.astype(np.float32), y_pred)  # the compiled path
+    got = loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    converted = n * c * 4
+    assert peak < converted + 0.25 * n * 8
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_caller_buffers_write_no_per_sample_array(rng, kind):
     """A reduced loss into the caller's buffer writes no float64 per-sample array (the

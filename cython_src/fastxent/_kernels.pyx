@@ -383,17 +383,19 @@ def softmax(*, cnp.ndarray x, grad, hess, target, labels, double gs0, gscale,
 
 
 def sigmoid(*, cnp.ndarray x, cnp.ndarray target, grad, hess, double gs0, gscale,
-            cnp.ndarray loss, bint from_logits, double keep, double spread, double eps,
-            pos_weight, int n_threads):
+            loss, bint from_logits, double keep, double spread, double eps,
+            pos_weight, int n_threads, block_sums=None, sum_w=None):
     """Mean over each row of the elementwise binary cross-entropy; gradient (and, from
-    logits, the Hessian diagonal) scaled by ``gs0 * gscale[row] / row length``."""
+    logits, the Hessian diagonal) scaled by ``gs0 * gscale[row] / row length``.  The losses
+    go into ``loss`` or, summed by blocks, into ``block_sums`` (see ``sum_blocks_into``)."""
     cdef fx_job J
     fill_job(&J, kernel_dtype(x), kernel_dtype(target), from_logits, n_threads,
              cnp.PyArray_DIM(x, 0),
              cnp.PyArray_DIM(x, 1), cnp.PyArray_DATA(x), data_or_null(grad),
              data_or_null(hess), cnp.PyArray_DATA(target), NULL, opt_ptr(gscale),
-             <double *>cnp.PyArray_DATA(loss), NULL, keep, spread, 0.0, eps, gs0, None,
+             <double *>data_or_null(loss), NULL, keep, spread, 0.0, eps, gs0, None,
              pos_weight, None)
+    sum_blocks_into(&J, loss, block_sums, sum_w)
     run_job(&J, False, J.n_rows * J.n_cols >= NOGIL_ELEMENTS)
 
 

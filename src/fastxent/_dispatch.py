@@ -172,14 +172,15 @@ def run_softmax(opts: Options, x2: np.ndarray, *, plan: _reduction.Plan,
 
 
 def run_sigmoid(opts: Options, x2: np.ndarray, z2: np.ndarray, *, plan: _reduction.Plan,
-                loss: np.ndarray, grad=None, hess=None, pos_weight=None,
-                n_threads: int) -> None:
-    """The sigmoid kernel on laid-out (rows, elements) buffers."""
+                loss: np.ndarray | None, grad=None, hess=None, pos_weight=None,
+                n_threads: int, block_sums=None) -> None:
+    """The sigmoid kernel on laid-out (rows, elements) buffers; ``block_sums`` as for
+    ``run_softmax``."""
     _kernels.sigmoid(
         x=x2, target=z2, grad=grad, hess=hess, gs0=plan.gs0, gscale=plan.weights, loss=loss,
         from_logits=opts.from_logits, keep=1.0 - opts.label_smoothing,
         spread=opts.label_smoothing / 2.0, eps=opts.epsilon, pos_weight=pos_weight,
-        n_threads=n_threads,
+        n_threads=n_threads, block_sums=block_sums, sum_w=plan.weights,
     )
 
 
@@ -250,24 +251,29 @@ def softmax(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
     )
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
-    loss64 = np.empty(n_rows)
+    # a reduced loss: the kernel sums its fixed blocks, no per-row array
+    sums = _reduction.block_sums(plan, n_rows)
+    loss64 = np.empty(n_rows) if sums is None else None
     lse = np.empty(n_rows) if want_lse else None
     if n_rows:
         bad = run_softmax(opts, lay.x2, plan=plan, loss=loss64, labels=labels, target=target,
-                          grad=grad2, hess=hess2, lse=lse, class_weight=cw, n_threads=nt)
+                          grad=grad2, hess=hess2, lse=lse, class_weight=cw, n_threads=nt,
+                          block_sums=sums)
         if bad:
             raise label_range_error(bad, labels, y_true, lay.batch_shape, ncls,
                                     opts.ignore_class)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
 
+    loss, total = _reduction.outcome(loss64, sums, plan, lay.batch_shape,
+                                     result_dtype(lay.arr.dtype), want_total)
     return _as_given(Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, result_dtype(lay.arr.dtype)),
+        loss=loss,
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         lse=None if lse is None else lse.reshape(lay.batch_shape).astype(
             result_dtype(lay.arr.dtype)),
         denominator=plan.denominator,
-        total=_reduction.total(loss64, plan) if want_total else None,
+        total=total,
     ), y_pred, given_shape, grad_out, inplace)
 
 
@@ -330,7 +336,10 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
                            weights=_weights(sample_weight, lay))
 
     grad2, hess2 = _outputs(lay, y_true, sample_weight, want_grad, want_hess, gout, inplace)
-    loss64 = np.empty(n_rows)
+    # a reduced loss from the kernel: its fixed blocks' sums, no per-row array (a weight per
+    # element runs in NumPy, which keeps per-row losses)
+    sums = _reduction.block_sums(plan, n_rows) if pw_full is None else None
+    loss64 = np.empty(n_rows) if sums is None else None
     if n_rows and pw_full is not None:  # a weight per element: elementwise NumPy
         from fastxent._family import binary_elementwise_pos_weight
 
@@ -339,12 +348,14 @@ def sigmoid(opts: Options, y_true, y_pred, sample_weight=None, *, want_grad=Fals
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
     elif n_rows:
         run_sigmoid(opts, lay.x2, z2, plan=plan, loss=loss64, grad=grad2, hess=hess2,
-                    pos_weight=pw, n_threads=nt)
+                    pos_weight=pw, n_threads=nt, block_sums=sums)
         _reduction.zero_if_empty_mean(plan, grad2, hess2)
+    loss, total = _reduction.outcome(loss64, sums, plan, lay.batch_shape,
+                                     result_dtype(lay.arr.dtype), want_total)
     return _as_given(Outcome(
-        loss=_reduction.reduce(loss64, plan, lay.batch_shape, result_dtype(lay.arr.dtype)),
+        loss=loss,
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
-        total=_reduction.total(loss64, plan) if want_total else None,
+        total=total,
     ), y_pred, given_shape, grad_out, inplace)

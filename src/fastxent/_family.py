@@ -184,18 +184,14 @@ def _outcome(loss64, plan, lay, grad2, hess2, y_pred, given_shape, grad_out, gou
     """The reduced loss, the gradient and Hessian in y_pred's own shape (and on request the
     plan's weighted sum of the per-row losses, a stateful metric's numerator), from the
     per-row losses ``loss64`` or from a kernel's ``block_sums`` (``loss64`` None)."""
-    if block_sums is not None:
-        total = _reduction.blocks_total(block_sums)
-        loss = _reduction.reduce_total(total, plan)
-    else:
-        total = _reduction.total(loss64, plan) if want_total else None
-        loss = _reduction.reduce(loss64, plan, lay.batch_shape, lay.arr.dtype)
+    loss, total = _reduction.outcome(loss64, block_sums, plan, lay.batch_shape, lay.arr.dtype,
+                                     want_total)
     return _dispatch._as_given(_dispatch.Outcome(
         loss=loss,
         grad=_layout.grad_result(grad2, lay, gout, inplace),
         hess=None if hess2 is None else lay.from_rows(hess2),
         denominator=plan.denominator,
-        total=total if want_total else None,
+        total=total,
     ), y_pred, given_shape, grad_out, inplace)
 
 

@@ -8,9 +8,10 @@ compiled (``fastxent._kernels.plan`` / ``weighted_total``) and shared with the f
 common calls, so both give the same bits.  The weighted sum of the losses is defined once, by
 the row length: the rows are cut into the kernels' fixed blocks
 (``_kernels.rows_per_block(row_length)`` rows each), a block is summed in float64 in 16 fixed
-lanes combined in a fixed order, and the blocks' sums are added in block order.  The fast path,
-and the binary focal and KL-divergence kernels (``block_sums``), compute the same block sums
-inside the kernel, without writing the per-row losses; neither depends on the thread count.
+lanes combined in a fixed order, and the blocks' sums are added in block order.  For every
+reduction but ``"none"`` the kernels compute the same block sums themselves (``block_sums``),
+without writing the per-row losses: on the fast path and on the general path alike; neither
+depends on the thread count.
 
 Reductions (Keras' names): ``"none"`` (the weighted per-sample losses), ``"sum"``,
 ``"sum_over_batch_size"`` (divided by the number of samples not ignored) and
@@ -108,6 +109,16 @@ def reduce_total(t: float, p: Plan) -> float:
     if p.reduction == "sum":
         return t
     return t / p.denominator if p.denominator != 0.0 else 0.0
+
+
+def outcome(loss64, sums, p: Plan, batch_shape: tuple, dtype, want_total: bool):
+    """``(loss, total)`` of a kernel call: from its per-row losses ``loss64`` (reduction
+    ``"none"``, or a caller that keeps them) or from its ``block_sums`` (``loss64`` None);
+    ``total``, the plan's weighted sum, only when ``want_total``."""
+    if sums is not None:
+        t = blocks_total(sums)
+        return reduce_total(t, p), (t if want_total else None)
+    return reduce(loss64, p, batch_shape, dtype), (total(loss64, p) if want_total else None)
 
 
 def sum_and_weight(loss64: np.ndarray, row_length: int, weights=None) -> tuple[float, float]:
