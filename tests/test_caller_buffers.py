@@ -44,6 +44,17 @@ def _case(rng, kind, shape, dtype, from_logits=True, ignore_class=None):
 KINDS = ["sparse", "categorical", "binary"]
 
 
+def _peak_bytes(call) -> int:
+    """The peak of NumPy / Python allocations (tracemalloc) during ``call()``."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 # ------------------------------------------------------------------------------ grad_out
 
 
@@ -217,13 +228,7 @@ def test_binary_targets_one_rank_lower_take_the_compiled_path(rng, reduction, dt
     np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
     if reduction != "none":
         loss.loss_and_grad(y_true, y_pred)
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            loss.loss_and_grad(y_true, y_pred)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = _peak_bytes(lambda: loss.loss_and_grad(y_true, y_pred))
         assert peak < y_pred.nbytes + 0.25 * n * 8  # the gradient, and no float64 per sample
 
 
@@ -243,13 +248,7 @@ def test_general_path_writes_no_per_sample_array(rng, kind):
     got = loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
     assert got[0] == want[0]
     np.testing.assert_array_equal(got[1], want[1])
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes(lambda: loss.loss_and_grad(y_true, y_pred, grad_out=grad_out))
     converted = n * c * 4
     assert peak < converted + 0.25 * n * 8
 
@@ -264,13 +263,7 @@ def test_caller_buffers_write_no_per_sample_array(rng, kind):
     loss, y_true, y_pred = _case(rng, kind, (n, c), np.float32)
     grad_out = np.empty_like(y_pred)
     loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        loss.loss_and_grad(y_true, y_pred, grad_out=grad_out)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes(lambda: loss.loss_and_grad(y_true, y_pred, grad_out=grad_out))
     assert peak < 0.25 * n * 8
 
 
@@ -383,13 +376,7 @@ def test_caller_buffers_allocate_no_n_by_c_array(rng, kind, dtype):
     nbytes = y_pred.nbytes
 
     def peak_of(**kw):
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            loss.loss_and_grad(y_true, kw.pop("x", y_pred), sw, **kw)
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        return _peak_bytes(lambda: loss.loss_and_grad(y_true, kw.pop("x", y_pred), sw, **kw))
 
     # the measurement sees the N x C gradient of the allocating path ...
     assert peak_of() >= nbytes
