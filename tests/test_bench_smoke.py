@@ -100,11 +100,11 @@ class TestTinyRun:
 
     def test_every_goal_is_reported(self, tiny_run):
         _, text, _, _ = tiny_run
-        goals = ["<= 1.7x the copy roofline", ">= 2x faster than JAX",
+        goals = ["<= 1.3x the copy roofline", ">= 2x faster than JAX",
                  ">= 8x faster than scikit-learn", ">= 5x faster than PyTorch",
-                 "<= 1.5x the copy roofline", ">= 3x faster than JAX",
-                 "<= 3.5x the copy roofline", "<= 2x the copy roofline",
-                 "<= 2.5x the copy roofline", "<= 3x the copy roofline",
+                 "<= 1.25x the copy roofline", ">= 3x faster than JAX",
+                 "<= 2.5x the copy roofline", "<= 1.8x the copy roofline",
+                 "<= 2x the copy roofline",
                  ">= 4x faster than PyTorch", "2 threads >= 1.7x faster than 1",
                  ">= 3x faster than NumPy", "faster than JAX; faster than PyTorch",
                  "functional form <= 2x the class call", ">= 1.3x faster than JAX",
@@ -508,3 +508,15 @@ def test_focal_group_peers_compute_the_same(kind):
         assert loss == pytest.approx(ref_loss, rel=2e-5), system
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-4,
                                    atol=1e-5 * np.max(np.abs(ref_grad)))
+
+
+@pytest.mark.parametrize("number", [1, 5])
+def test_a_many_call_sample_starts_with_one_untimed_call(number):
+    # a sample of one call is that call alone; a sample of many calls (the short-call groups)
+    # runs one call more, untimed, before its timed calls
+    calls = []
+    handler = timing.Handler()
+    handler.cands = {"k": peers.Candidate(lambda: calls.append(1))}
+    handler.numbers = {"k": number}
+    assert handler.time("k")["t"] >= 0
+    assert len(calls) == (1 if number == 1 else number + 1)

@@ -318,7 +318,8 @@ def report_markdown(result: dict, available: dict, args, png_name) -> str:
         f"order rotated from round to round, after an untimed pause of {args.settle:g} s. "
         f"Each time is the **{args.stat}** over the rounds, after one warm-up call (JAX "
         "compiled then). Short calls (the small and in-cache groups, the 256 x 100 AVX2 rows): "
-        f"each sample times as many calls as last at least {result['min_sample_s'] * 1e3:g} ms, "
+        f"each sample times as many calls as last at least {result['min_sample_s'] * 1e3:g} ms "
+        "after one untimed call (the other candidates' samples evicted its data from the cache), "
         "and the time per call is the **median** of the samples; the busy-core rows are the "
         "**median** over the rounds too. Copy roofline: "
         "`np.copyto(dst, x)` of the logits into a touched buffer (one thread).",
