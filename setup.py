@@ -78,6 +78,8 @@ def main():
         sys.exit(str(exc))
     if omp.enabled:
         omp_compile, omp_link = omp.compile_args, omp.link_args
+        if sys.platform.startswith("linux"):  # the kernels' thread team (xent_team.h)
+            omp_compile, omp_link = [*omp_compile, "-pthread"], [*omp_link, "-pthread"]
     else:
         warnings.warn(f"fastxent: {omp.note}; the kernels will run on one thread.",
                       stacklevel=1)

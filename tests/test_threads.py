@@ -3,12 +3,15 @@
 The kernels release the GIL, keep no global scratch state and write only into buffers the
 Python layer allocated for that call (the one shared structure, the gradient block cache, is
 guarded by a lock), so concurrent calls must give exactly the bits a serial call gives.
-8 threads x 200 calls each, every entry point, OpenMP inside (n_threads=2) and not
-(n_threads=1), the caller's own ``grad_out`` buffers, and calls that raise; and 8 threads
-drawing gradients of 4 MiB and more from the gradient block cache at once.
+8 threads x 200 calls each, every entry point, n_threads=2 and 1, the caller's own
+``grad_out`` buffers, and calls that raise; 8 threads drawing gradients of 4 MiB and more from
+the gradient block cache at once; 4 threads sharing the kernels' worker threads at a size that
+runs on a team; and a forked child's calls.
 """
 
+import os
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -216,3 +219,95 @@ def test_threads_share_the_gradient_block_cache(rng):
     start_and_join(worker)
     assert not errors, errors[:3]
     assert fx.buffer_cache_info()["hits"] > hits_before
+
+
+# Inputs large enough that n_threads > 1 runs a team (one thread per 65,536 elements at most):
+# the tests above use small ones, where every call runs on its caller's thread.
+TEAM_SHAPE = (1024, 300)
+
+
+def team_tasks(rng):
+    """(name, callable() -> result) of calls that run on a thread team of up to 4."""
+    x = logits(rng, TEAM_SHAPE, np.float32)
+    x64 = logits(rng, TEAM_SHAPE, np.float64)
+    y = rng.integers(0, TEAM_SHAPE[1], size=TEAM_SHAPE[0])
+    z = rng.uniform(size=TEAM_SHAPE).astype(np.float32)
+    for a in (x, x64, y, z):
+        a.flags.writeable = False
+    out = []
+    for nt in (1, 2, 3, 4):
+        sparse = fx.SparseCategoricalCrossentropy(from_logits=True, n_threads=nt)
+        binary = fx.BinaryCrossentropy(from_logits=True, reduction="none", n_threads=nt)
+        out += [(f"sparse f32 n_threads={nt}", lambda s=sparse: s.loss_and_grad(y, x)),
+                (f"sparse f64 n_threads={nt}", lambda s=sparse: s.loss_and_grad(y, x64)),
+                (f"binary n_threads={nt}", lambda b=binary: b.loss_and_grad(z, x))]
+    return out
+
+
+def test_concurrent_callers_of_the_thread_team(rng):
+    """The kernels' worker threads serve one caller at a time; other Python threads calling
+    at the same moment run their items on their own thread.  Every result keeps the bits of
+    a call on one thread, whoever ran it."""
+    tasks = team_tasks(rng)
+    expected = {name: fn() for name, fn in tasks}
+    serial = [name for name, _ in tasks if name.endswith("n_threads=1")]
+    for name in expected:  # the same bits for every team size, before any concurrency
+        base = name.rsplit(" ", 1)[0] + " n_threads=1"
+        assert base in serial
+        assert_same_bits(expected[name], expected[base], name)
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def worker(tid):
+        try:
+            barrier.wait()
+            for i in range(60):
+                name, fn = tasks[(i * 5 + tid * 7) % len(tasks)]
+                assert_same_bits(fn(), expected[name], f"thread {tid} call {i} {name}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(f"thread {tid}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors, errors[:3]
+
+
+def _child_call(conn):
+    rng = np.random.default_rng(7)
+    name, fn = [t for t in team_tasks(rng) if t[0] == "sparse f32 n_threads=2"][0]
+    value, grad = fn()
+    conn.send((value, grad))
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
+def test_thread_team_after_fork():
+    """A child forked after the parent's calls ran on a thread team has none of the parent's
+    worker threads; its calls start a team of their own and return the parent's bits, without
+    waiting for threads that do not exist."""
+    import multiprocessing
+
+    rng = np.random.default_rng(7)
+    name, fn = [t for t in team_tasks(rng) if t[0] == "sparse f32 n_threads=2"][0]
+    expected = fn()  # the parent's team exists now
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_call, args=(send,))
+    with warnings.catch_warnings():  # "fork() in a multi-threaded process": that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)  # JAX, when imported
+        child.start()
+    send.close()
+    try:
+        assert recv.poll(60), "the forked child hung"
+        got = recv.recv()
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert_same_bits(got, expected, name)

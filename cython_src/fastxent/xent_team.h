@@ -12,20 +12,22 @@
  *
  *   - The threads claim items from a shared counter, so a thread that runs late simply
  *     takes fewer items; the calling thread (the master) works from the first item on.
- *   - When the items run out, a thread waits for the others itself before entering the
- *     region's closing barrier: it spins for about two of its own item times (a running
- *     partner finishes its item within one), then sleeps in short naps, which frees its core
- *     for the thread it is waiting for.
- *   - The workers enter the barrier only once every item is finished, and the master only
- *     once every worker has said it is entering: the master arrives last, so the barrier
- *     never holds it.
+ *   - The team is fastxent's own (POSIX threads, fx_pool_* below), so the master waits only
+ *     for the items other threads have claimed.  Any parallel region ends in a barrier that
+ *     every thread must reach: a partner parked by the scheduler before its first item or
+ *     after its last held the master there for a time slice (4 ms and more: a 0.8 ms call
+ *     took 8-12 ms on two threads with one core busy).  Builds without POSIX threads keep an
+ *     OpenMP region in which the master enters the barrier after every worker said it would.
+ *   - When the items run out, the master spins for about two of its own item times (a
+ *     running partner finishes its item within one), then sleeps in short naps, which frees
+ *     its core for the thread it is waiting for.
  *
- * A worker that is descheduled before it claims an item costs the master about one nap; one
- * descheduled while it holds an item costs what is left of that item once the scheduler runs
- * it again (a sleeping master frees a core for it, but the scheduler may keep a thread that
- * just ran on its own core).  A call whose master had to nap is therefore taken as a sign of
- * contention: the next calls run on the calling thread alone for a while (fx_backoff_*).  Which thread computes an item never changes what the item
- * computes: results are bitwise identical for any team.
+ * A partner descheduled while it holds an item costs what is left of that item once the
+ * scheduler runs it again (a sleeping master frees a core for it, but the scheduler may keep
+ * a thread that just ran on its own core).  A call whose master had to nap is therefore taken
+ * as a sign of contention: the next calls run on the calling thread alone for a while
+ * (fx_backoff_*).  Which thread computes an item never changes what the item computes:
+ * results are bitwise identical for any team.
  */
 #ifndef FASTXENT_XENT_TEAM_H
 #define FASTXENT_XENT_TEAM_H
@@ -107,6 +109,14 @@ static int fx_wait_count(const int64_t *counter, int64_t target, int64_t spin_ns
     return naps;
 }
 
+/* How long a thread that computed `mine` items since t0 spins before napping: about two of
+ * its item times (a running partner finishes its item within one), within bounds. */
+static int64_t fx_spin_ns(int64_t mine, int64_t t0)
+{
+    const int64_t spin = mine > 0 ? 2 * (fx_now_ns() - t0) / mine : FX_SPIN_MIN_NS;
+    return spin < FX_SPIN_MIN_NS ? FX_SPIN_MIN_NS : (spin > FX_SPIN_MAX_NS ? FX_SPIN_MAX_NS : spin);
+}
+
 /* Back-off after contention: when the calling thread had to nap for a partner (one was
  * descheduled), the next 2, 4, 8 ... 64 calls run on the calling thread alone, then a call
  * tries the team again; a call without napping resets the back-off.  Shared by all calling
@@ -138,9 +148,177 @@ static void fx_backoff_record(int master_naps)
 #define FX_TEAM_WAITS 0
 #endif
 
+#if FX_TEAM_WAITS && !defined(_WIN32)
+/*
+ * fastxent's own team: nt - 1 worker threads (pthreads), created on first use and kept; the
+ * calling thread is the team's master.  An OpenMP parallel region ends in a barrier that every
+ * thread of the team must reach, so a partner that the scheduler parks anywhere in the region
+ * (before its first item, or after its last) holds the master for a time slice of the system
+ * (4 ms and more; a 1 ms call on a machine with one busy core took 12 ms).  Here the master
+ * waits only for the items that partners have claimed: a partner that wakes up late finds no
+ * item left and goes back to sleep, and nothing waits for it.
+ *
+ * A call publishes its job (fn, ctx, n_items, nt) and then a new generation in `claim`, whose
+ * high 32 bits are the generation and low 32 bits the next unclaimed item.  A worker reads the
+ * job and claims an item with a compare-and-swap on `claim` that expects the generation it
+ * read: the swap succeeds only while that job still has unclaimed items, so the job it read
+ * was still the current one, and the master, which waits until every claimed item is
+ * finished, cannot have returned.  Idle workers spin for FX_POOL_SPIN_NS, then sleep on a
+ * condition variable.  One caller at a time owns the team; a concurrent caller (another
+ * Python thread) runs its items on its own thread.  After fork() the child starts without
+ * workers.
+ */
+#include <pthread.h>
+
+#define FX_POOL_MAX 256              /* worker threads at most */
+#define FX_POOL_SPIN_NS 50000        /* an idle worker spins this long before sleeping */
+
+typedef struct {
+    pthread_mutex_t own;             /* held by the caller whose job the team runs */
+    pthread_mutex_t mu;              /* guards sleepers and the sleep / wake hand-over */
+    pthread_cond_t cv;
+    int nworkers;                    /* created (only the owner changes it) */
+    int sleepers;                    /* workers waiting on cv */
+    int64_t published;               /* the latest generation (workers wait for a new one) */
+    uint64_t claim;                  /* generation (mod 2^32) << 32 | next item */
+    int64_t finished;                /* items of the current job computed */
+    int64_t total;                   /* sum of the items' return values */
+    fx_item_fn fn;                   /* the current job */
+    const void *ctx;
+    int64_t n_items;
+    int nt;
+} fx_pool_t;
+
+static fx_pool_t fx_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+                            PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0};
+static pthread_once_t fx_pool_once = PTHREAD_ONCE_INIT;
+
+static void fx_pool_after_fork(void)
+{
+    /* the child has only the thread that forked: no workers, nothing owned */
+    pthread_mutex_init(&fx_pool.own, NULL);
+    pthread_mutex_init(&fx_pool.mu, NULL);
+    pthread_cond_init(&fx_pool.cv, NULL);
+    fx_pool.nworkers = 0;
+    fx_pool.sleepers = 0;
+}
+
+static void fx_pool_init(void) { pthread_atfork(NULL, NULL, fx_pool_after_fork); }
+
+/* Claim and compute items of generation gen as thread me; returns how many were computed. */
+static int64_t fx_pool_work(int64_t gen, int me)
+{
+    int64_t done = 0;
+    for (;;) {
+        uint64_t w = __atomic_load_n(&fx_pool.claim, __ATOMIC_ACQUIRE);
+        if ((uint32_t)(w >> 32) != (uint32_t)gen) return done;
+        const int64_t i = (int64_t)(uint32_t)w;
+        /* the job as published with this generation, or (if the master has moved on, which
+         * the swap below detects) a later one, never used then */
+        const fx_item_fn fn = __atomic_load_n(&fx_pool.fn, __ATOMIC_RELAXED);
+        const void *ctx = __atomic_load_n(&fx_pool.ctx, __ATOMIC_RELAXED);
+        const int64_t n = __atomic_load_n(&fx_pool.n_items, __ATOMIC_RELAXED);
+        const int nt = __atomic_load_n(&fx_pool.nt, __ATOMIC_RELAXED);
+        if (i >= n || me >= nt) return done;
+        if (!__atomic_compare_exchange_n(&fx_pool.claim, &w, w + 1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        /* the swap succeeded, so job gen still had item i unclaimed: fn, ctx are its own */
+        const int64_t r = fn(ctx, i, me);
+        if (r != 0) __atomic_fetch_add(&fx_pool.total, r, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&fx_pool.finished, 1, __ATOMIC_RELEASE);
+        done++;
+    }
+}
+
+static void *fx_pool_worker(void *arg)
+{
+    const int me = (int)(intptr_t)arg;
+    int64_t seen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE);
+    for (;;) {
+        int64_t gen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE);
+        if (gen == seen) {
+            const int64_t until = fx_now_ns() + FX_POOL_SPIN_NS;
+            while ((gen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE)) == seen
+                   && fx_now_ns() < until) {
+                for (int k = 0; k < 64; k++) fx_cpu_relax();
+            }
+        }
+        if (gen == seen) {
+            pthread_mutex_lock(&fx_pool.mu);
+            fx_pool.sleepers++;
+            while ((gen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE)) == seen)
+                pthread_cond_wait(&fx_pool.cv, &fx_pool.mu);
+            fx_pool.sleepers--;
+            pthread_mutex_unlock(&fx_pool.mu);
+        }
+        seen = gen;
+        fx_pool_work(gen, me);
+    }
+    return NULL;
+}
+
+/* Make sure nt - 1 workers exist (the caller owns the team); returns the team size that can
+ * run, nt or fewer if threads could not be created. */
+static int fx_pool_grow(int nt)
+{
+    if (nt - 1 > FX_POOL_MAX) nt = FX_POOL_MAX + 1;
+    while (fx_pool.nworkers < nt - 1) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, (size_t)8 << 20);
+        const int bad = pthread_create(&th, &attr, fx_pool_worker,
+                                       (void *)(intptr_t)(fx_pool.nworkers + 1));
+        pthread_attr_destroy(&attr);
+        if (bad) break;
+        fx_pool.nworkers++;
+    }
+    return fx_pool.nworkers + 1 < nt ? fx_pool.nworkers + 1 : nt;
+}
+
+/* The team run of fx_run_items; returns 0 and leaves *total alone when the team is busy with
+ * another caller's job (the caller then runs the items itself). */
+static int fx_pool_run(int nt, int64_t n_items, fx_item_fn fn, const void *ctx, int64_t *total)
+{
+    pthread_once(&fx_pool_once, fx_pool_init);
+    if (n_items >= ((int64_t)1 << 31) || pthread_mutex_trylock(&fx_pool.own) != 0) return 0;
+    nt = fx_pool_grow(nt);
+    if (nt <= 1) {
+        pthread_mutex_unlock(&fx_pool.own);
+        return 0;
+    }
+    const int64_t t0 = fx_now_ns();
+    __atomic_store_n(&fx_pool.fn, fn, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.ctx, ctx, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.n_items, n_items, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.nt, nt, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.total, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.finished, 0, __ATOMIC_RELAXED);
+    const int64_t gen = fx_pool.published + 1;
+    __atomic_store_n(&fx_pool.claim, (uint64_t)(uint32_t)gen << 32, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&fx_pool.mu);
+    __atomic_store_n(&fx_pool.published, gen, __ATOMIC_RELEASE);
+    if (fx_pool.sleepers > 0) pthread_cond_broadcast(&fx_pool.cv);
+    pthread_mutex_unlock(&fx_pool.mu);
+    /* the master works from the first item on, then waits for the items partners hold: it
+     * spins for about two of its own item times, then naps (freeing its core for them) */
+    const int64_t mine = fx_pool_work(gen, 0);
+    const int naps = fx_wait_count(&fx_pool.finished, n_items, fx_spin_ns(mine, t0));
+    *total = __atomic_load_n(&fx_pool.total, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&fx_pool.own);
+    fx_backoff_record(naps);
+    return 1;
+}
+#define FX_POOL 1
+#else
+#define FX_POOL 0
+#endif
+
 /* Run fn(ctx, item, thread) for item = 0 .. n_items - 1 on a team of at most nt threads
- * (nt <= 1: on the calling thread, no parallel region) and return the sum of what fn
- * returned.  thread < nt always, so scratch for nt threads suffices. */
+ * (nt <= 1: on the calling thread) and return the sum of what fn returned.  thread < nt
+ * always, so scratch for nt threads suffices. */
 static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *ctx)
 {
     int64_t total = 0;
@@ -148,10 +326,14 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
 #if FX_TEAM_WAITS
         || fx_backoff_serial()
 #endif
+#if FX_POOL
+        || !fx_pool_run(nt, n_items, fn, ctx, &total)
+#endif
        ) {
         for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
         return total;
     }
+#if !FX_POOL
 #if FX_TEAM_WAITS
     int master_naps = 0;
     int64_t next = 0;       /* the next unclaimed item */
@@ -167,9 +349,7 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
             mine++;
         }
         if (mine > 0) __atomic_fetch_add(&finished, mine, __ATOMIC_RELEASE);
-        /* spin for two of this thread's item times (within bounds), then nap */
-        int64_t spin = mine > 0 ? 2 * (fx_now_ns() - t0) / mine : FX_SPIN_MIN_NS;
-        spin = spin < FX_SPIN_MIN_NS ? FX_SPIN_MIN_NS : (spin > FX_SPIN_MAX_NS ? FX_SPIN_MAX_NS : spin);
+        const int64_t spin = fx_spin_ns(mine, t0);
         if (me != 0) {
             fx_wait_count(&finished, n_items, spin);
             __atomic_fetch_add(&entering, 1, __ATOMIC_RELEASE);
@@ -184,6 +364,7 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
     for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, omp_get_thread_num());
 #else
     for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
+#endif
 #endif
 #endif
     return total;

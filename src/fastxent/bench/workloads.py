@@ -202,7 +202,10 @@ _GROUPS = {
                                                     "quick": (512, 50257), "tiny": (8, 5000)})
                       for dtype in ("bfloat16", "float16")],
     "busy-core": [("sparse", _SPARSE_MAIN, "float32", (Target("busy", 1.1),),
-                   {"peers": (), "busy": True})],
+                   {"peers": (), "busy": True}),
+                  ("sparse", {"full": (4096, 256), "quick": (4096, 256), "tiny": (512, 256)},
+                   "float32", (Target("busy", 1.1),),
+                   {"peers": (), "busy": True, "many_calls": True})],
     "avx2": [("sparse", _SPARSE_MAIN, "float32", (Target("avx2", 1.3),),
               {"peers": (), "avx2": True}),
              ("sparse", {"full": (1_000_000, 10), "quick": (1_000_000, 10), "tiny": (2000, 10)},
