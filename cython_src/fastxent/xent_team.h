@@ -169,6 +169,7 @@ static void fx_backoff_record(int master_naps)
  * workers.
  */
 #include <pthread.h>
+#include <unistd.h>
 
 #define FX_POOL_MAX 256              /* worker threads at most */
 #define FX_POOL_SPIN_NS 50000        /* an idle worker spins this long before sleeping */
@@ -187,10 +188,12 @@ typedef struct {
     const void *ctx;
     int64_t n_items;
     int nt;
+    int64_t spin_ns;                 /* idle workers' spin: 0 once there are more than cores */
 } fx_pool_t;
 
 static fx_pool_t fx_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-                            PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0};
+                            PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0,
+                            FX_POOL_SPIN_NS};
 static pthread_once_t fx_pool_once = PTHREAD_ONCE_INIT;
 
 static void fx_pool_after_fork(void)
@@ -238,7 +241,8 @@ static void *fx_pool_worker(void *arg)
     for (;;) {
         int64_t gen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE);
         if (gen == seen) {
-            const int64_t until = fx_now_ns() + FX_POOL_SPIN_NS;
+            const int64_t until = fx_now_ns() + __atomic_load_n(&fx_pool.spin_ns,
+                                                                 __ATOMIC_RELAXED);
             while ((gen = __atomic_load_n(&fx_pool.published, __ATOMIC_ACQUIRE)) == seen
                    && fx_now_ns() < until) {
                 for (int k = 0; k < 64; k++) fx_cpu_relax();
@@ -275,6 +279,11 @@ static int fx_pool_grow(int nt)
         if (bad) break;
         fx_pool.nworkers++;
     }
+    /* more threads than cores: idle workers sleep at once, not spin on a core that another
+     * thread of the team (or the caller's next Python step) needs */
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    __atomic_store_n(&fx_pool.spin_ns, (cores > 0 && fx_pool.nworkers + 1 > cores)
+                     ? 0 : FX_POOL_SPIN_NS, __ATOMIC_RELAXED);
     return fx_pool.nworkers + 1 < nt ? fx_pool.nworkers + 1 : nt;
 }
 
