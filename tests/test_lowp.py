@@ -268,6 +268,53 @@ def test_label_row_kernels_same_bits_on_every_isa(dtype, rng):
         np.testing.assert_array_equal(grad.view(np.uint16), results[0][1].view(np.uint16))
 
 
+
+def special_rows(c, rng):
+    """Rows of c logits for the row maximum: a NaN at each position, a +inf at each position,
+    a zero maximum held by both +0 and -0 at each position (the other one next to it), every
+    class masked, every logit +inf, every logit NaN."""
+    base = -np.abs(rng.standard_normal((c, c)) * 3).astype(np.float32)
+    eye = np.eye(c, dtype=bool)
+    after = np.roll(eye, 1, axis=1)
+    nan_at, inf_at = np.where(eye, np.nan, base), np.where(eye, np.inf, base)
+    pos_zero = np.where(eye, 0.0, np.where(after, -0.0, base)).astype(np.float32)
+    neg_zero = np.where(eye, -0.0, np.where(after, 0.0, base)).astype(np.float32)
+    whole = np.array([[-np.inf] * c, [np.inf] * c, [np.nan] * c], np.float32)
+    return np.concatenate([nan_at, inf_at, pos_zero, neg_zero, whole])
+
+
+def test_label_row_kernels_row_max_specials(dtype, isa, rng):
+    """The 16-bit row kernels' row maximum on rows of every tail length: NaN, +inf and a zero
+    maximum at every position (in the vector steps and the tail), rows of -inf, +inf and NaN.
+    The results are the float32 kernels' on the widened rows (NaN where those are NaN) and NaN
+    exactly where the oracle's are."""
+    for c in (17, 31, 32, 33, 47, 64, 65, 100):
+        x = special_rows(c, rng).astype(dtype)
+        y = rng.integers(0, c, size=x.shape[0])
+        for opts in ({}, {"label_smoothing": 0.1}, {"z_loss": 1e-3}):
+            loss = fx.SparseCategoricalCrossentropy(from_logits=True, reduction="none", **opts)
+            with np.errstate(invalid="ignore", over="ignore"):
+                per, grad = loss.loss_and_grad(y, x)
+                per32, grad32 = loss.loss_and_grad(y, x.astype(np.float32))
+                exp_loss, exp_grad = oracle("sparse_categorical", y, x, from_logits=True,
+                                            reduction="none", **opts)
+                grad32 = grad32.astype(dtype)
+            what = f"{c} classes, {opts}"
+            nan = np.isnan(per32)
+            np.testing.assert_array_equal(np.isnan(per), nan, err_msg=what)
+            np.testing.assert_array_equal(per[~nan].view(np.uint32),
+                                          per32[~nan].view(np.uint32), err_msg=what)
+            gnan = np.isnan(grad32.astype(np.float32))
+            np.testing.assert_array_equal(np.isnan(grad.astype(np.float32)), gnan, err_msg=what)
+            np.testing.assert_array_equal(grad[~gnan].view(np.uint16),
+                                          grad32[~gnan].view(np.uint16), err_msg=what)
+            np.testing.assert_array_equal(nan, np.isnan(exp_loss), err_msg=what)
+            # NaN stays in its row and fills it; a +inf logit makes its row NaN too
+            assert nan[: 2 * c].all() and gnan[: 2 * c].all(), what
+            assert not nan[2 * c: 4 * c].any() and not gnan[2 * c: 4 * c].any(), what
+            assert_within_ulp(grad[2 * c: 4 * c], exp_grad[2 * c: 4 * c], dtype, what)
+
+
 # ------------------------------------------------------------------ every loss vs the oracle
 
 

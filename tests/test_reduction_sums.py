@@ -307,3 +307,58 @@ def test_log_loss_zero_total_weight_is_numpy_s_error(rng):
     assert M.log_loss([0, 1, 0, 1], p, sample_weight=[1.0, -1.0, 2.0, -2.0],
                       normalize=False) == pytest.approx(
         R.log_loss([0, 1, 0, 1], p, False, [1.0, -1.0, 2.0, -2.0]), rel=1e-12)
+
+
+# ------------------------------------------------------------ the reduced loss: one rule
+
+
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean_with_sample_weight"])
+def test_reduced_loss_is_one_rule_on_both_paths(rng, reduction):
+    """The sum, the mean, and 0.0 for a mean over nothing (every label ignored, or zero
+    weights; a NaN row included): the compiled fast path (a contiguous call) and the general
+    path (a Fortran-ordered y_pred, reduced by ``_reduction.reduce_total``) give the same bits,
+    those of the rule applied to the oracle's weighted sum and denominator."""
+    from fastxent import _reduction
+
+    n, c = 32, 10
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    x[3, 4] = np.nan
+    y = rng.integers(0, c, n)
+    sw = rng.uniform(0.5, 2.0, n)
+    loss = fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1,
+                                            reduction=reduction)
+    cases = {"some": (y, sw), "all ignored": (np.full(n, -1), sw),
+             "zero weights": (y, np.zeros(n))}
+    for what, (labels, weights) in cases.items():
+        with np.errstate(invalid="ignore"):
+            fast = loss(labels, x, weights)
+            general = loss(labels, np.asfortranarray(x), weights)
+            per = R.reference_loss_and_grad("sparse_categorical", labels, x, from_logits=True,
+                                            ignore_class=-1, reduction="none")[0]
+        kept = labels != -1
+        numerator = float(np.sum(np.where(kept, per * weights, 0.0)))
+        denominator = {"sum": 1.0, "sum_over_batch_size": float(kept.sum()),
+                       "mean_with_sample_weight": float(weights[kept].sum())}[reduction]
+        assert math.isnan(fast) == math.isnan(general), what
+        if not math.isnan(fast):
+            assert np.float64(fast).tobytes() == np.float64(general).tobytes(), what
+        if reduction == "sum":
+            want = numerator
+        else:
+            want = numerator / denominator if denominator != 0.0 else 0.0
+        if math.isnan(want):
+            assert math.isnan(fast), what
+        else:
+            assert fast == pytest.approx(want, rel=1e-6), what
+        if denominator == 0.0 and reduction != "sum":  # a mean over nothing
+            assert fast == 0.0 and general == 0.0, what
+    # the rule itself, on numbers
+    p = _reduction.plan(reduction, 4, row_length=c, weights=np.array([1.0, 2.0, 0.0, 1.0]))
+    assert _reduction.reduce_total(6.0, p) == (6.0 if reduction == "sum" else 6.0
+                                                / p.denominator)
+    empty = _reduction.plan(reduction, 4, row_length=c, labels=np.full(4, -1), ignore_class=-1)
+    got = _reduction.reduce_total(math.nan, empty)
+    if reduction == "sum":
+        assert math.isnan(got)
+    else:
+        assert empty.denominator == 0.0 and got == 0.0

@@ -4,9 +4,9 @@
   form the compiled code reads directly.
 * ``softmax`` / ``sigmoid``: the kernels of xent_kernels.h on C-contiguous (rows, classes)
   buffers that ``fastxent._dispatch`` laid out; the GIL is released while they run.
-* ``plan`` / ``weighted_total``: the reduction arithmetic (denominator, per-row gradient
-  scale, the float64 sum by the kernels' fixed blocks of rows) that ``fastxent._reduction``
-  exposes.
+* ``plan`` / ``weighted_total`` / ``reduce_total``: the reduction arithmetic (denominator,
+  per-row gradient scale, the float64 sum by the kernels' fixed blocks of rows, the sum or
+  mean) that ``fastxent._reduction`` exposes.
 * ``fast_call``: the common call (ndarrays, class axis last, contiguous) checked, planned,
   run and reduced without leaving compiled code; ``None`` sends a call to the general path.
 * output buffers from a NumPy memory handler that reuses large blocks (fx_buffer_cache.h),
@@ -214,6 +214,21 @@ def blocks_total(cnp.ndarray block_sums):
     the same bits as ``weighted_total`` of the per-row losses."""
     return fx_sum_blocks(<const double *>cnp.PyArray_DATA(block_sums),
                          cnp.PyArray_SIZE(block_sums))
+
+
+cdef inline object _reduced(int red, double total, double denom):
+    """A reduction other than "none" of the weighted total: the sum, or the mean (0.0 over
+    nothing).  The one definition: ``fast_call`` and ``reduce_total`` use it."""
+    if red == RED_SUM:
+        return total
+    return total / denom if denom != 0.0 else 0.0
+
+
+def reduce_total(str reduction, double total, double denominator):
+    """The reduced loss of ``reduction`` (other than "none") from its weighted ``total``: the
+    total for "sum", else ``total / denominator``, and 0.0 for a zero denominator (a mean over
+    nothing, Keras' ``divide_no_nan``).  What ``fastxent._reduction.reduce_total`` exposes."""
+    return _reduced(REDUCTIONS.index(reduction), total, denominator)
 
 
 # ------------------------------------------------------------------------------------------
@@ -626,14 +641,6 @@ cdef object _weighted_rows(const double *loss, const double *weff, int64_t n, in
         for i in range(n):
             od[i] = loss[i] * (1.0 if weff == NULL else weff[i])
     return out
-
-
-cdef inline object _reduced(int red, double total, double denom):
-    """A reduction other than "none" of the weighted total: the sum, or the mean (0.0 over
-    nothing)."""
-    if red == RED_SUM:
-        return total
-    return total / denom if denom != 0.0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------

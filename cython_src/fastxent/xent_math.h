@@ -125,6 +125,16 @@ FX_INLINE double fx_log_pos(double x)
     return ed * ln2hi + (fx_two_atanh_small(s) + ed * ln2lo);
 }
 
+/* log(s) of a softmax row's sum s = sum exp(x - max) (s in [1, n], or NaN for a row with NaN
+ * or +inf, or all -inf): fx_log_pos, NaN kept.  One definition for every softmax kernel, so
+ * that the group kernels can take the logarithms of a group of rows in one vector loop and
+ * still return the bits of a row on its own. */
+FX_INLINE double fx_log_sum(double s)
+{
+    const double l = fx_log_pos(s);
+    return (s == s) ? l : s;
+}
+
 /* ---- single precision (float data) ---- */
 
 FX_INLINE int32_t fx_bits_f(float x) { int32_t i; memcpy(&i, &x, sizeof i); return i; }

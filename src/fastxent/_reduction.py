@@ -4,8 +4,8 @@ Every entry point (the losses, the fused linear head, the metrics, the Dask bloc
 reduction here *before* the kernel runs, so that each row's gradient scale
 (sample weight x mask / denominator) is applied inside the kernel's single write of the
 gradient, and reduces the kernel's float64 per-row losses here afterwards.  The arithmetic is
-compiled (``fastxent._kernels.plan`` / ``weighted_total``) and shared with the fast path of
-common calls, so both give the same bits.  The weighted sum of the losses is defined once, by
+compiled (``fastxent._kernels.plan`` / ``weighted_total`` / ``reduce_total``) and shared with
+the fast path of common calls, so both give the same bits.  The weighted sum of the losses is defined once, by
 the row length: the rows are cut into the kernels' fixed blocks
 (``_kernels.rows_per_block(row_length)`` rows each), a block is summed in float64 in 16 fixed
 lanes combined in a fixed order, and the blocks' sums are added in block order.  For every
@@ -105,10 +105,10 @@ def blocks_total(sums: np.ndarray) -> float:
 
 
 def reduce_total(t: float, p: Plan) -> float:
-    """The reduced loss of a reduction other than ``"none"`` from its weighted sum ``t``."""
-    if p.reduction == "sum":
-        return t
-    return t / p.denominator if p.denominator != 0.0 else 0.0
+    """The reduced loss of a reduction other than ``"none"`` from its weighted sum ``t``: ``t``
+    for ``"sum"``, else ``t / p.denominator``, 0.0 for a zero denominator (compiled, the
+    rule the fast path applies)."""
+    return _kernels.reduce_total(p.reduction, t, p.denominator)
 
 
 def outcome(loss64, sums, p: Plan, batch_shape: tuple, dtype, want_total: bool):
