@@ -453,6 +453,41 @@ def test_means_are_exact_not_means_of_block_means(client, rng):
     assert abs(np.mean(block_means) - want) > 1e-2  # the wrong answer is far away
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS[1:])
+def test_reduced_loss_bits_and_the_chunking(client, rng, reduction):
+    """What the reduced loss promises (docs/guide/dask.md): one chunk gives the NumPy loss's
+    bits; a given chunking gives the same bits on the cluster and on the synchronous scheduler;
+    other chunkings combine other block sums, so only their last bits may move (within
+    1e-14 relative); gradients do not depend on the chunking unless the denominator is a sum
+    of sample weights."""
+    n, c = 4099, 33  # 5 of the kernels' fixed blocks of rows for 33 classes
+    x = (rng.standard_normal((n, c)) * 5).astype(np.float32)
+    y = rng.integers(0, c, n)
+    y[::7] = -1
+    sw = rng.uniform(0.1, 3.0, n)
+    masked = fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1,
+                                              reduction=reduction)
+    plain = fx.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    for obj, labels, weights in ((masked, y, sw), (plain, np.abs(y), None)):
+        want, want_grad = obj.loss_and_grad(labels, x, weights)
+        for rows in (n, 1000, 777, 64):
+            x_d = da.from_array(x, chunks=(rows, c))
+            y_d = da.from_array(labels, chunks=rows)
+            w_d = None if weights is None else da.from_array(weights, chunks=rows)
+            lazy = on_dask(obj)(y_d, x_d, w_d)
+            value = lazy.compute()
+            assert value == lazy.compute(scheduler="sync"), rows
+            if rows == n:
+                assert value == want
+            assert value == pytest.approx(want, rel=1e-14, abs=0), rows
+            value2, grad = dask.compute(*on_dask(obj).loss_and_grad(y_d, x_d, w_d))
+            assert value2 == pytest.approx(want, rel=1e-14, abs=0), rows
+            if reduction != "mean_with_sample_weight" or weights is None:  # a count, exact
+                np.testing.assert_array_equal(grad, want_grad)
+            else:
+                assert_close(grad, want_grad, np.float32)
+
+
 @pytest.mark.parametrize("case", ["all_ignored", "zero_weights", "empty"])
 def test_zero_denominator_gives_zero(client, rng, case):
     obj = fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1,

@@ -14,6 +14,19 @@ folded into the per-block sample weights, so that each block runs the kernel onc
 ``reduction="sum"``, and writes its finished gradient block.  (Left lazy, the denominator
 would be a barrier before every kernel task, and dask would then run the kernels ahead of
 whatever consumes their gradient blocks, holding many of them in a worker's memory.)
+
+What is bit for bit and what depends on the chunking: per-sample losses and gradients are the
+NumPy path's bits for any chunking (rows are independent), except that the gradient of a
+mean over a sum of weights (``"mean_with_sample_weight"`` with sample or class weights) is
+scaled by a denominator summed over blocks, as below (a count is exact).  A block's
+numerator is the NumPy loss's own float64 sum of that block (the kernels' fixed blocks of
+rows, counted from the block's first row, added in order); the blocks' numerators (and
+denominator shares) are then added by ``dask.array``'s ``sum`` (NumPy's sum within Dask's
+reduction tree), which depends on the chunking.  So a reduced loss is deterministic for a
+given chunking (any scheduler, worker count or ``n_threads``), a single chunk gives the
+NumPy call's bits (``__call__``; ``loss_and_grad`` scales each row by 1 / denominator before
+summing, which can round a mean's last bit differently), and another chunking may change the
+last bits (docs/guide/dask.md gives the figures).
 """
 
 from __future__ import annotations
