@@ -267,23 +267,26 @@ static void *fx_pool_worker(void *arg)
 static int fx_pool_grow(int nt)
 {
     if (nt - 1 > FX_POOL_MAX) nt = FX_POOL_MAX + 1;
-    while (fx_pool.nworkers < nt - 1) {
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, (size_t)8 << 20);
-        const int bad = pthread_create(&th, &attr, fx_pool_worker,
-                                       (void *)(intptr_t)(fx_pool.nworkers + 1));
-        pthread_attr_destroy(&attr);
-        if (bad) break;
-        fx_pool.nworkers++;
+    if (fx_pool.nworkers < nt - 1) {
+        while (fx_pool.nworkers < nt - 1) {
+            pthread_t th;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            pthread_attr_setstacksize(&attr, (size_t)8 << 20);
+            const int bad = pthread_create(&th, &attr, fx_pool_worker,
+                                           (void *)(intptr_t)(fx_pool.nworkers + 1));
+            pthread_attr_destroy(&attr);
+            if (bad) break;
+            fx_pool.nworkers++;
+        }
+        /* more threads than cores: idle workers sleep at once, not spin on a core that
+         * another thread of the team (or the caller's next Python step) needs.  Decided when
+         * the team grows, not per call: sysconf reads a file (about 6 us). */
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        __atomic_store_n(&fx_pool.spin_ns, (cores > 0 && fx_pool.nworkers + 1 > cores)
+                         ? 0 : FX_POOL_SPIN_NS, __ATOMIC_RELAXED);
     }
-    /* more threads than cores: idle workers sleep at once, not spin on a core that another
-     * thread of the team (or the caller's next Python step) needs */
-    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    __atomic_store_n(&fx_pool.spin_ns, (cores > 0 && fx_pool.nworkers + 1 > cores)
-                     ? 0 : FX_POOL_SPIN_NS, __ATOMIC_RELAXED);
     return fx_pool.nworkers + 1 < nt ? fx_pool.nworkers + 1 : nt;
 }
 
