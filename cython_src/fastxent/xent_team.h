@@ -23,11 +23,13 @@
  *     its core for the thread it is waiting for.
  *
  * A partner descheduled while it holds an item costs what is left of that item once the
- * scheduler runs it again (a sleeping master frees a core for it, but the scheduler may keep
- * a thread that just ran on its own core).  A call whose master had to nap is therefore taken
- * as a sign of contention: the next calls run on the calling thread alone for a while
- * (fx_backoff_*).  Which thread computes an item never changes what the item computes:
- * results are bitwise identical for any team.
+ * scheduler runs it again (a sleeping master frees a core for it).  The team does not shrink
+ * after such a wait: on a virtual machine the master also naps now and then on an idle host
+ * (a vCPU woken late), and a back-off that ran the next calls on one thread let the workers
+ * fall asleep, so that the next team call napped again and whole runs of in-cache calls took
+ * the one-thread time.  Only the OpenMP-region fallback, whose end barrier waits for every
+ * thread of the region, keeps a back-off (fx_backoff_*).  Which thread computes an item never
+ * changes what the item computes: results are bitwise identical for any team.
  */
 #ifndef FASTXENT_XENT_TEAM_H
 #define FASTXENT_XENT_TEAM_H
@@ -117,33 +119,6 @@ static int64_t fx_spin_ns(int64_t mine, int64_t t0)
     return spin < FX_SPIN_MIN_NS ? FX_SPIN_MIN_NS : (spin > FX_SPIN_MAX_NS ? FX_SPIN_MAX_NS : spin);
 }
 
-/* Back-off after contention: when the calling thread had to nap for a partner (one was
- * descheduled), the next 2, 4, 8 ... 64 calls run on the calling thread alone, then a call
- * tries the team again; a call without napping resets the back-off.  Shared by all calling
- * threads; a lost update only changes a team size, never a result. */
-#define FX_BACKOFF_MAX 6
-static int fx_backoff_level = 0;   /* 0: no contention seen by the last team */
-static int fx_backoff_left = 0;    /* calls still to run on one thread */
-
-static int fx_backoff_serial(void)
-{
-    int left = __atomic_load_n(&fx_backoff_left, __ATOMIC_RELAXED);
-    if (left <= 0) return 0;
-    __atomic_store_n(&fx_backoff_left, left - 1, __ATOMIC_RELAXED);
-    return 1;
-}
-
-static void fx_backoff_record(int master_naps)
-{
-    int level = __atomic_load_n(&fx_backoff_level, __ATOMIC_RELAXED);
-    if (master_naps == 0) {
-        level = 0;
-    } else {
-        level = level < FX_BACKOFF_MAX ? level + 1 : FX_BACKOFF_MAX;
-        __atomic_store_n(&fx_backoff_left, 1 << level, __ATOMIC_RELAXED);
-    }
-    __atomic_store_n(&fx_backoff_level, level, __ATOMIC_RELAXED);
-}
 #else
 #define FX_TEAM_WAITS 0
 #endif
@@ -317,15 +292,44 @@ static int fx_pool_run(int nt, int64_t n_items, fx_item_fn fn, const void *ctx, 
     /* the master works from the first item on, then waits for the items partners hold: it
      * spins for about two of its own item times, then naps (freeing its core for them) */
     const int64_t mine = fx_pool_work(gen, 0);
-    const int naps = fx_wait_count(&fx_pool.finished, n_items, fx_spin_ns(mine, t0));
+    fx_wait_count(&fx_pool.finished, n_items, fx_spin_ns(mine, t0));
     *total = __atomic_load_n(&fx_pool.total, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&fx_pool.own);
-    fx_backoff_record(naps);
     return 1;
 }
 #define FX_POOL 1
 #else
 #define FX_POOL 0
+#endif
+
+#if FX_TEAM_WAITS && !FX_POOL
+/* The OpenMP-region fallback's back-off after contention: when the calling thread had to nap
+ * for a partner (one was descheduled, and the region's end barrier waits for it), the next 2, 4, 8 ... 64 calls run on the calling thread alone, then a call
+ * tries the team again; a call without napping resets the back-off.  Shared by all calling
+ * threads; a lost update only changes a team size, never a result. */
+#define FX_BACKOFF_MAX 6
+static int fx_backoff_level = 0;   /* 0: no contention seen by the last team */
+static int fx_backoff_left = 0;    /* calls still to run on one thread */
+
+static int fx_backoff_serial(void)
+{
+    int left = __atomic_load_n(&fx_backoff_left, __ATOMIC_RELAXED);
+    if (left <= 0) return 0;
+    __atomic_store_n(&fx_backoff_left, left - 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+static void fx_backoff_record(int master_naps)
+{
+    int level = __atomic_load_n(&fx_backoff_level, __ATOMIC_RELAXED);
+    if (master_naps == 0) {
+        level = 0;
+    } else {
+        level = level < FX_BACKOFF_MAX ? level + 1 : FX_BACKOFF_MAX;
+        __atomic_store_n(&fx_backoff_left, 1 << level, __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&fx_backoff_level, level, __ATOMIC_RELAXED);
+}
 #endif
 
 /* Run fn(ctx, item, thread) for item = 0 .. n_items - 1 on a team of at most nt threads
@@ -335,11 +339,10 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
 {
     int64_t total = 0;
     if (nt <= 1 || n_items <= 1
-#if FX_TEAM_WAITS
-        || fx_backoff_serial()
-#endif
 #if FX_POOL
         || !fx_pool_run(nt, n_items, fn, ctx, &total)
+#elif FX_TEAM_WAITS
+        || fx_backoff_serial()
 #endif
        ) {
         for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
