@@ -1,7 +1,9 @@
 /*
  * The compiled kernels alone, timed from C on one thread: no Python, no allocation, no
  * threads.  Built by bench/kernel_micro.sh once per instruction-set attribute (and, for the
- * contraction experiment, with fused multiply-adds allowed), each binary run in turn.
+ * fused multiply-add experiments, with contraction allowed, or with the exponential pass of
+ * bench/kernel_micro_fma.h: FX_MICRO_FMA_EXP = 1 for AVX2 + FMA, 2 for AVX-512), each binary
+ * run in turn.
  *
  *   kernel_micro ROWS COLS LABEL
  *
@@ -19,6 +21,32 @@
 #define FX_MICRO_ATTR
 #endif
 
+#ifdef FX_MICRO_FMA_EXP
+#include "kernel_micro_fma.h"
+#if FX_MICRO_FMA_EXP == 2
+#define FX_MICRO_EXPSUM fx_row_expsum_f32_avx512
+#else
+#define FX_MICRO_EXPSUM fx_row_expsum_f32_avx2
+#endif
+/* fx_softmax_logits_row_f32 for an integer label without smoothing or class weights (the
+ * case timed here), its exponential pass replaced by FX_MICRO_EXPSUM */
+FX_MICRO_ATTR static inline double
+fma_softmax_row(const float *x, float *g, int64_t y, int64_t n, const fx_params *P, double *lse)
+{
+    const double m = fx_row_max_f32(x, n);
+    const double T = P->keep, dot = (T != 0.0) ? T * (m - (double)x[y]) : 0.0;
+    const double s = FX_MICRO_EXPSUM(x, g, n, m);
+    return fx_softmax_row_finish_f32(g, NULL, y, n, P, 1.0, m, s, fx_log_sum(s), T, dot, lse,
+                                     NULL);
+}
+#define FX_MICRO_ROW(x, g, y, n, P, lse, T) fma_softmax_row(x, g, y, n, P, lse)
+#define FX_MICRO_EXP(x, g, n, m) FX_MICRO_EXPSUM(x, g, n, m)
+#else
+#define FX_MICRO_ROW(x, g, y, n, P, lse, T) \
+    fx_softmax_logits_row_f32(x, g, NULL, y, n, P, 1.0, lse, T)
+#define FX_MICRO_EXP(x, g, n, m) fx_row_expsum_f32(x, g, n, m)
+#endif
+
 static double now(void)
 {
     struct timespec t;
@@ -31,7 +59,8 @@ run_rows(const float *x, float *g, const int64_t *y, int64_t nr, int64_t n, cons
 {
     double tot = 0.0, lse, T;
     for (int64_t r = 0; r < nr; r++)
-        tot += fx_softmax_logits_row_f32(x + r * n, g + r * n, NULL, y[r], n, P, 1.0, &lse, &T);
+        tot += FX_MICRO_ROW(x + r * n, g + r * n, y[r], n, P, &lse, &T);
+    (void)T;
     return tot;
 }
 
@@ -39,7 +68,7 @@ FX_MICRO_ATTR __attribute__((noinline)) static double
 run_exp(const float *x, float *g, int64_t nr, int64_t n)
 {
     double tot = 0.0;
-    for (int64_t r = 0; r < nr; r++) tot += fx_row_expsum_f32(x + r * n, g + r * n, n, 3.0);
+    for (int64_t r = 0; r < nr; r++) tot += FX_MICRO_EXP(x + r * n, g + r * n, n, 3.0);
     return tot;
 }
 

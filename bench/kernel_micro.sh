@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The compiled kernels alone, from C, one thread (bench/kernel_micro.c): every instruction-set
 # path of this machine, with gcc (and clang when installed), and the same vector paths with
-# fused multiply-adds allowed (-ffp-contract=fast, +fma): the measurement behind keeping every
-# path on the same bits (see docs/performance.md, "Fused multiply-adds").
+# fused multiply-adds: allowed to the compiler (-ffp-contract=fast, +fma: "+fma"), or written
+# into the exponential pass (bench/kernel_micro_fma.h: "+fmaexp").  The measurements behind
+# keeping every path on the same bits (see docs/performance.md, "Fused multiply-adds").
 #
 #   bash bench/kernel_micro.sh [ROWSxCOLS ...]     (default: 1024x1000 4096x256 10000x100 16384x64 100000x10)
 #
@@ -23,12 +24,17 @@ declare -A variants=(
   [gcc-avx512]="gcc|-ffp-contract=off|__attribute__((target(\"$a512,prefer-vector-width=512\")))"
   [gcc-avx2+fma]="gcc|-ffp-contract=fast|__attribute__((target(\"avx2,f16c,fma\")))"
   [gcc-avx512+fma]="gcc|-ffp-contract=fast|__attribute__((target(\"$a512,fma,prefer-vector-width=512\")))"
+  [gcc-avx2+fmaexp]="gcc|-ffp-contract=off -DFX_MICRO_FMA_EXP=1|__attribute__((target(\"avx2,fma,f16c\")))"
+  [gcc-avx512+fmaexp]="gcc|-ffp-contract=off -DFX_MICRO_FMA_EXP=2|__attribute__((target(\"$a512,prefer-vector-width=512\")))"
 )
 if command -v clang >/dev/null; then
   variants[clang-avx2]="clang|-ffp-contract=off -mllvm -vectorizer-maximize-bandwidth|__attribute__((target(\"avx2,f16c\"), min_vector_width(256)))"
   variants[clang-avx512]="clang|-ffp-contract=off -mllvm -vectorizer-maximize-bandwidth|__attribute__((target(\"$a512\"), min_vector_width(512)))"
+  variants[clang-avx2+fmaexp]="clang|-ffp-contract=off -mllvm -vectorizer-maximize-bandwidth -DFX_MICRO_FMA_EXP=1|__attribute__((target(\"avx2,fma,f16c\"), min_vector_width(256)))"
+  variants[clang-avx512+fmaexp]="clang|-ffp-contract=off -mllvm -vectorizer-maximize-bandwidth -DFX_MICRO_FMA_EXP=2|__attribute__((target(\"$a512\"), min_vector_width(512)))"
 fi
-order=(gcc-baseline gcc-avx2 gcc-avx2+fma gcc-avx512 gcc-avx512+fma clang-avx2 clang-avx512)
+order=(gcc-baseline gcc-avx2 gcc-avx2+fma gcc-avx2+fmaexp gcc-avx512 gcc-avx512+fma gcc-avx512+fmaexp
+       clang-avx2 clang-avx2+fmaexp clang-avx512 clang-avx512+fmaexp)
 for v in "${order[@]}"; do
   [ -n "${variants[$v]+x}" ] || continue
   IFS='|' read -r cc extra attr <<<"${variants[$v]}"
