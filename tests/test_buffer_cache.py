@@ -47,6 +47,32 @@ def test_block_is_reused_and_results_do_not_change(rng):
     np.testing.assert_array_equal(g1, expected)
 
 
+def test_numpy_keeps_its_own_allocator(rng):
+    """Only fastxent's own outputs come from the caching handler: after successful calls,
+    calls that raise and calls from other threads, the caller's arrays are allocated by
+    NumPy's default handler, and a freed gradient block is never handed to np.empty."""
+    import threading
+
+    from numpy._core.multiarray import get_handler_name
+
+    y, x = _case(rng)
+    loss_fn = fx.SparseCategoricalCrossentropy(from_logits=True)
+    _, g = loss_fn.loss_and_grad(y, x)
+    assert get_handler_name(g) == "fastxent_buffer_cache"
+    with pytest.raises(ValueError):
+        loss_fn.loss_and_grad(np.full_like(y, COLS), x)  # raises after the kernel ran
+    worker = threading.Thread(target=loss_fn.loss_and_grad, args=(y, x))
+    worker.start()
+    worker.join()
+    assert get_handler_name() == "default_allocator"
+    del g
+    gc.collect()
+    hits = fx.buffer_cache_info()["hits"]
+    mine = np.empty((ROWS, COLS), np.float32)  # the size of the cached block
+    assert get_handler_name(mine) == "default_allocator"
+    assert fx.buffer_cache_info()["hits"] == hits
+
+
 def test_no_reuse_while_a_view_is_alive(rng):
     y, x = _case(rng)
     loss_fn = fx.SparseCategoricalCrossentropy(from_logits=True)

@@ -15,6 +15,7 @@
 
 import gc
 import hashlib
+import mmap
 import os
 import sys
 import tracemalloc
@@ -142,13 +143,20 @@ def test_large_gradients_reuse_memory_instead_of_growing_rss(rng):
 
 
 def test_rss_probe_sees_a_leak():
-    """The probe is not blind: holding on to 64 MB shows up (above glibc's largest mmap
-    threshold, so it is fresh memory whatever earlier tests freed)."""
+    """The probe is not blind: holding on to 64 MB of fresh, touched memory shows up.  The
+    memory is an anonymous mapping of its own, so that no allocator can hand back pages that
+    are already resident (a 64 MB np.ones once came back without any RSS growth late in a
+    full run of the suite)."""
     gc.collect()
     before = rss_bytes()
-    hold = np.ones(1 << 23)  # 64 MB, touched
-    assert rss_bytes() - before >= 60 << 20
-    del hold
+    hold = mmap.mmap(-1, 64 << 20)
+    pages = np.frombuffer(hold, dtype=np.uint8)
+    pages[::4096] = 1  # touch every page
+    try:
+        assert rss_bytes() - before >= 60 << 20
+    finally:
+        del pages
+        hold.close()
 
 
 # ------------------------------------------------------------------- allocations
