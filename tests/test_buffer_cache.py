@@ -53,7 +53,10 @@ def test_numpy_keeps_its_own_allocator(rng):
     NumPy's default handler, and a freed gradient block is never handed to np.empty."""
     import threading
 
-    from numpy._core.multiarray import get_handler_name
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import get_handler_name
 
     y, x = _case(rng)
     loss_fn = fx.SparseCategoricalCrossentropy(from_logits=True)
