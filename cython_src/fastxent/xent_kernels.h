@@ -179,7 +179,8 @@ static int64_t fx_run_row_blocks(const fx_job *J, fx_item_fn fn)
 
 /* Float scratch for a team of nt threads, allocated once before the loop: `regions` regions
  * of cap floats per thread, thread t's from it->scratch + t * it->stride (a multiple of 16
- * floats, so every thread's scratch keeps the alignment of the first).  Returns it->scratch, NULL when it could not be allocated; free it after the loop. */
+ * floats, so every thread's scratch keeps the alignment of the first).  Returns it->scratch,
+ * NULL when it could not be allocated; free it after the loop. */
 static float *fx_team_scratch(fx_items *it, int nt, int64_t cap, int regions)
 {
     it->cap = cap;

@@ -305,8 +305,9 @@ static int fx_pool_run(int nt, int64_t n_items, fx_item_fn fn, const void *ctx, 
 #if FX_TEAM_WAITS && !FX_POOL
 /* The OpenMP-region fallback's back-off after contention: when the calling thread had to nap
  * for a partner (one was descheduled, and the region's end barrier waits for it), the next
- * 2, 4, 8 ... 64 calls run on the calling thread alone, then a call tries the team again; a call without napping resets the back-off.  Shared by all calling
- * threads; a lost update only changes a team size, never a result. */
+ * 2, 4, 8 ... 64 calls run on the calling thread alone, then a call tries the team again; a
+ * call without napping resets the back-off.  Shared by all calling threads; a lost update
+ * only changes a team size, never a result. */
 #define FX_BACKOFF_MAX 6
 static int fx_backoff_level = 0;   /* 0: no contention seen by the last team */
 static int fx_backoff_left = 0;    /* calls still to run on one thread */
