@@ -31,8 +31,9 @@ SHORT = _kernels.SHORT_ROWS
 SPLIT = _kernels.SPLIT_MIN
 CHUNK = _kernels.SPLIT_CHUNK
 
-# class counts on each side of every path boundary
-SOFTMAX_WIDTHS = [1, 2, 7, SHORT, SHORT + 1, 33, 1000]
+# class counts on each side of every path boundary, and of the exponential pass's tail
+# boundary (a tail of at most 8 elements runs as a half-width step: 24 = 16 + 8, 25 = 16 + 9)
+SOFTMAX_WIDTHS = [1, 2, 7, SHORT, SHORT + 1, 24, 25, 33, 1000]
 SPLIT_WIDTH = SPLIT + CHUNK // 2 + 3  # a last chunk of odd length
 
 
@@ -222,6 +223,9 @@ def _bits(a):
     [
         ("sparse_categorical", (301, 10)),
         ("sparse_categorical", (40, 1000)),
+        ("sparse_categorical", (77, 25)),   # tails of 9 (full-width step) and 8 (half-width)
+        ("categorical", (53, 47)),
+        ("categorical", (53, 40)),
         ("sparse_categorical", (2, SPLIT_WIDTH)),
         ("categorical", (301, 5)),
         ("categorical", (2, SPLIT_WIDTH)),
