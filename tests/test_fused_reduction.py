@@ -165,6 +165,25 @@ def test_fast_and_general_paths_same_bits(rng, kind, shape, dtype):
                 assert np.float64(general_lg).tobytes() == np.float64(fast).tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_element_rows_summed_as_a_span_same_gradient(rng, dtype):
+    """Rows of one element with a gradient and an unweighted sum: each block is summed by the
+    long rows' span kernel; the gradient and the total are the per-row path's, bit for bit
+    (targets with -0.0, exact 0 and 1 included)."""
+    y, x = binary_case(rng, (300_001, 1), dtype)
+    y[:5, 0] = [-0.0, 0.0, 1.0, 0.25, -0.0]
+    x[:5, 0] = [0.0, -0.0, -3.5, np.inf, -np.inf]
+    fast = fx.BinaryCrossentropy(from_logits=True, reduction="sum")
+    rows = fx.BinaryCrossentropy(from_logits=True, reduction="none")
+    total, grad = fast.loss_and_grad(y, x)
+    per_row, grad_rows = rows.loss_and_grad(y, x)
+    assert grad.tobytes() == grad_rows.tobytes()
+    expected = blocked_total(np.asarray(per_row, dtype=np.float64), None, 1)
+    assert np.float64(total).tobytes() == np.float64(expected).tobytes()
+    # and the per-row path of the sum itself (a strided view goes there)
+    assert np.float64(fast(y, strided(x))).tobytes() == np.float64(total).tobytes()
+
+
 @pytest.mark.parametrize("kind,shape", CASES)
 def test_thread_counts_same_bits(rng, kind, shape):
     cls, y, x, w = calls(kind, shape, np.float32, rng)

@@ -223,7 +223,8 @@ def _bits(a):
     [
         ("sparse_categorical", (301, 10)),
         ("sparse_categorical", (40, 1000)),
-        ("sparse_categorical", (77, 25)),   # tails of 9 (full-width step) and 8 (half-width)
+        # exponential tails of 9 and 15 (full-width step) and 8 (half-width)
+        ("sparse_categorical", (77, 25)),
         ("categorical", (53, 47)),
         ("categorical", (53, 40)),
         ("sparse_categorical", (2, SPLIT_WIDTH)),
