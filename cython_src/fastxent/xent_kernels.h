@@ -140,6 +140,13 @@ static inline int64_t fx_n_blocks(int64_t n, int64_t rpb)
     return (n + rpb - 1) / rpb;
 }
 
+/* Block b of n rows in blocks of rpb rows: its first row (*r0) and its row count. */
+static inline int64_t fx_block_rows(int64_t n, int64_t rpb, int64_t b, int64_t *r0)
+{
+    *r0 = b * rpb;
+    return (n - *r0 < rpb) ? n - *r0 : rpb;
+}
+
 /* Threads for a loop over n_items blocks holding n_elements in all: never more than there are
  * blocks, nor than one per FX_TEAM_ELEMENTS elements (a smaller share costs less than waking
  * a thread, and far less than waiting for one on a busy machine).  Results do not depend on
@@ -290,7 +297,8 @@ static double fx_sum_blocks(const double *part, int64_t nblocks)
 static inline double fx_block_sum(const double *a, const double *w, int64_t n, int64_t rpb,
                                   int64_t b)
 {
-    const int64_t r0 = b * rpb, len = (n - r0 < rpb) ? n - r0 : rpb;
+    int64_t r0;
+    const int64_t len = fx_block_rows(n, rpb, b, &r0);
     return fx_dot_lanes(a + r0, (w != NULL) ? w + r0 : NULL, len);
 }
 
