@@ -144,9 +144,17 @@ def test_matches_logistic_regression_with_weights(iris, rng, class_weight):
         s = sw * (sw.sum() / (3 * counts))[y]
     else:
         s = sw * np.array([3.0, 1.0, 0.5])[y]
+    # the optimum itself: the fit zeros the gradient of the documented objective (plain NumPy,
+    # per-sample weights s normalized to sum 1)
+    params = np.c_[est.coef_, est.intercept_].ravel()
+    args = (X, y, s / s.sum(), 2e-3, 3, True, 0.0)
+    fd = central_difference(lambda p: _np_objective(p, *args), params)
+    assert np.max(np.abs(fd)) < 1e-7
+    # scikit-learn's lbfgs stops about 1e-4 away from that optimum here (intercepts near 12,
+    # an ill-conditioned problem; scikit-learn 1.9.1: 6e-5 from it, fastxent 5e-5)
     ref = _logreg(1.0 / (2e-3 * s.sum()), class_weight=class_weight).fit(X, y, sample_weight=sw)
-    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)
-    np.testing.assert_allclose(est.intercept_, ref.intercept_, atol=1e-4)
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=2e-4)
+    np.testing.assert_allclose(est.intercept_, ref.intercept_, atol=2e-4)
     # the fit is invariant to scaling all weights (LogisticRegression's is not)
     est2 = SoftmaxRegression(alpha=2e-3, class_weight=class_weight, n_threads=1, **TIGHT)
     est2.fit(X, y, sample_weight=10 * sw)
