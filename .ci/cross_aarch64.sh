@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # aarch64 cross build, tested under qemu-user.
 #
-#   * toolchain: Debian's gcc-aarch64-linux-gnu (cross gcc + libgomp) and qemu-user;
+#   * toolchain: Debian's gcc-aarch64-linux-gnu (cross gcc + libgomp), libc6-dev-arm64-cross
+#     (the target's C headers) and qemu-user;
 #   * target Python: Debian's arm64 python3.11 packages (same 3.11 and glibc as the build
 #     machine's), fetched with `apt-get download` after `dpkg --add-architecture arm64` and
 #     unpacked with dpkg-deb into a sysroot, never installed (installing python3.11:arm64
@@ -36,8 +37,10 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64
 fi
 apt-get update -q > "$WORK/apt.log" 2>&1 || { tail "$WORK/apt.log" >&2; exit 1; }
-apt-get install -y -q --no-install-recommends gcc-aarch64-linux-gnu qemu-user \
-    >> "$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; exit 1; }
+# libc6-dev-arm64-cross (the target's C headers and crt files) is only a Recommends of the
+# cross gcc, which --no-install-recommends leaves out: named here
+apt-get install -y -q --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    qemu-user >> "$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; exit 1; }
 
 # What the target interpreter and the extensions load (checked with readelf -d on the
 # python3.11 binary, the stdlib's extension modules pytest uses, numpy and fastxent).
