@@ -105,9 +105,16 @@ def main():
     link_args = [*omp_link, *link_extra]
     # which instruction-set variants really compile to AVX2 / AVX-512 code (xent_isa.h)
     kernel_dir = os.path.join("cython_src", "fastxent")
-    isa_max, isa_note = isa_probe.probe_isa(
-        cc, [*numerics, *omp_compile, "-std=c11", *isa_probe.vector_flags(cc)],
-        os.path.join(HERE, kernel_dir))
+    probe_args = [*numerics, *omp_compile, "-std=c11", *isa_probe.vector_flags(cc)]
+    isa_max, isa_note = isa_probe.probe_isa(cc, probe_args, os.path.join(HERE, kernel_dir))
+    if opt[0] != "-O3":
+        # a debug or sanitizer build keeps every path selectable (above); say whether its own
+        # optimization level vectorizes the loops (-O1 does, -O0 does not)
+        own_level, _ = isa_probe.probe_isa(cc, [*probe_args, opt[0]],
+                                           os.path.join(HERE, kernel_dir))
+        if own_level < isa_max:
+            isa_note += (f"; this build's {opt[0]} leaves the kernels' loops scalar on every "
+                         "path (only their intrinsics are wide)")
 
     os.makedirs(GENERATED, exist_ok=True)
     with open(os.path.join(GENERATED, "fastxent_build.h"), "w") as f:

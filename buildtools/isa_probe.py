@@ -3,11 +3,14 @@
 The kernels are compiled three times, the second and third time under the function attributes
 of ``cython_src/fastxent/xent_isa.h``.  A compiler that does not understand an attribute may
 ignore it with a mere warning (clang did so with GCC's ``prefer-vector-width=512`` spelling),
-leaving baseline code under an AVX-512 name.  This probe compiles a small ``omp simd`` loop
-under each attribute with the build's own flags, to assembly, and reads which registers the
-code uses: ``ymm`` for AVX2, ``zmm`` for AVX-512.  ``setup.py`` records the highest level
-that passed as ``FASTXENT_BUILD_ISA_MAX`` (the run-time dispatch never selects a path above
-it) and the verdict as ``FASTXENT_BUILD_ISA_NOTE`` (``fastxent.show_config()`` prints it).
+leaving baseline code under an AVX-512 name.  This probe compiles the kernels' exponential
+pass (the single-precision exponential of ``xent_math.h`` with its float64 sums, the loop that
+sets the time of a softmax row) under each attribute with the build's own flags, to assembly,
+and reads which registers its float32 arithmetic uses: ``ymm`` for AVX2, ``zmm`` for AVX-512.
+A compiler that ignores an attribute, or does not vectorize that loop at full width under
+it, fails the level.  ``setup.py`` records the highest level that passed as
+``FASTXENT_BUILD_ISA_MAX`` (the run-time dispatch never selects a path above it) and the
+verdict as ``FASTXENT_BUILD_ISA_NOTE`` (``fastxent.show_config()`` prints it).
 
 ``tests/test_build_probe.py`` drives these functions with fake compilers;
 ``tests/test_kernel_paths.py`` disassembles the built extension.  Nothing here imports numpy,
@@ -25,16 +28,36 @@ from buildtools.openmp_probe import _first_error_line, _run
 
 PROBE_SOURCE = r"""
 #include "xent_isa.h"
+#include "xent_math.h"
 #if FX_HAVE_DISPATCH
-FX_ATTR_AVX2 void fx_probe_avx2(float *restrict a, const float *restrict b, int n)
+/* The float kernels' exponential pass (fx_row_expsum in xent_rows.inc): the single-precision
+ * exponential with its exact shift, the exponentials stored, and their sums in 16 float64
+ * lanes.  It sets the time of a softmax row and is the loop that most needs full-width
+ * vectors; a compiler that leaves it scalar, or at half width, under an attribute fails
+ * that attribute's level. */
+#define FX_PROBE_BODY                                                   \
+    double acc[16];                                                     \
+    for (int j = 0; j < 16; j++) acc[j] = 0.0;                          \
+    for (long k = 0; k + 16 <= n; k += 16) {                            \
+        _Pragma("omp simd")                                             \
+        for (int j = 0; j < 16; j++) {                                  \
+            float e = fx_expf_shifted(x[k + j], negm);                  \
+            g[k + j] = e;                                               \
+            acc[j] += (double)e;                                        \
+        }                                                               \
+    }                                                                   \
+    double s = 0.0;                                                     \
+    for (int j = 0; j < 16; j++) s += acc[j];                           \
+    return s;
+FX_ATTR_AVX2 double fx_probe_avx2(const float *restrict x, float *restrict g, long n,
+                                  float negm)
 {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) a[i] = a[i] * b[i] + 1.0f;
+    FX_PROBE_BODY
 }
-FX_ATTR_AVX512 void fx_probe_avx512(float *restrict a, const float *restrict b, int n)
+FX_ATTR_AVX512 double fx_probe_avx512(const float *restrict x, float *restrict g, long n,
+                                      float negm)
 {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) a[i] = a[i] * b[i] + 1.0f;
+    FX_PROBE_BODY
 }
 #endif
 """
@@ -75,8 +98,11 @@ def function_body(asm, name):
 
 
 def levels_in_assembly(asm):
-    """``(max_level, facts)``: the highest level whose probe function uses its register class,
-    every lower level passing too; ``facts`` says what was found for each level."""
+    """``(max_level, facts)``: the highest level whose probe function does its single-precision
+    arithmetic (``vmulps`` / ``vaddps`` / ``vsubps``) on its register class, every lower level
+    passing too; ``facts`` says what was found for each level.  Wide registers alone are not
+    enough: a compiler that sizes the loop by its float64 sums runs the float32 exponential at
+    half width and only converts into the wide registers."""
     best, facts = 0, []
     for level in sorted(LEVELS):
         func, reg, name = LEVELS[level]
@@ -86,6 +112,10 @@ def levels_in_assembly(asm):
             break
         if not re.search(rf"%{reg}\d|\b{reg}\d", body):
             facts.append(f"{name}: attribute compiled without {reg} registers")
+            break
+        # AT&T (gcc, clang -S) or Intel operand order
+        if not re.search(rf"\bv(?:mul|add|sub)ps\b[^\n]*(?:%{reg}\d|\b{reg}\d)", body):
+            facts.append(f"{name}: exponential pass not vectorized on {reg} registers")
             break
         facts.append(f"{name}: {reg} code")
         best = level

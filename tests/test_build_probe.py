@@ -265,6 +265,7 @@ fx_probe_avx2:
 fx_probe_avx512:
 .LFB1:
 \tvmovups\t(%rdi,%rax), %zmm0
+\tvaddps\t%zmm2, %zmm0, %zmm0
 \t.cfi_endproc
 """
 # clang puts a comment after the label; a spelling it ignored leaves xmm code
@@ -303,6 +304,11 @@ def test_isa_levels_read_from_the_registers_of_each_probe_function():
     assert I.levels_in_assembly("main:\n\tret\n") == (0, ["avx2: no code"])
     # a level counts only with every level below it
     assert I.levels_in_assembly(GCC_ASM.replace("%ymm", "%xmm"))[0] == 0
+    # wide registers for the float64 sums only, the float32 arithmetic at half width: clang
+    # without -vectorizer-maximize-bandwidth
+    half = GCC_ASM.replace("\tvaddps\t%zmm2, %zmm0, %zmm0", "\tvaddps\t%ymm2, %ymm0, %ymm0")
+    level, facts = I.levels_in_assembly(half)
+    assert level == 1 and facts[1] == "avx512: exponential pass not vectorized on zmm registers"
 
 
 def test_isa_probe_compiles_to_assembly_with_warnings_as_errors(tmp_path):
@@ -329,14 +335,19 @@ def test_clang_gets_full_width_vectors_and_gcc_nothing():
 
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
 def test_real_compiler_builds_the_kernels_attributes_as_wide_code(cc):
-    """The attribute spellings of xent_isa.h, with a real compiler, give ymm / zmm code."""
+    """The attribute spellings of xent_isa.h, with a real compiler, give ymm / zmm code for
+    the kernels' exponential pass; at -O0 (no vectorizer) the probe says baseline."""
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} is not installed")
     if not I.is_clang([cc]) and cc == "clang":
         pytest.skip("clang is not clang")
     kernels = os.path.join(os.path.dirname(__file__), os.pardir, "cython_src", "fastxent")
-    args = ["-ffp-contract=off", "-fopenmp-simd", "-std=c11", *I.vector_flags([cc])]
+    # setup.py's numerics flags (without -fno-trapping-math GCC keeps the selects scalar)
+    args = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+            "-std=c11", *I.vector_flags([cc])]
     level, note = I.probe_isa([cc], args, kernels)
     import platform
     expected = 2 if platform.machine().lower() in ("x86_64", "amd64") else 0
     assert level == expected, note
+    level, note = I.probe_isa([cc], [*args, "-O0"], kernels)  # the last -O wins
+    assert level == 0, note
