@@ -24,6 +24,15 @@ def asarray(a, name: str) -> np.ndarray:
     return from_dlpack(a, name)
 
 
+def ml_bfloat16() -> np.dtype | None:
+    """``ml_dtypes.bfloat16`` as a NumPy dtype (importing ml_dtypes), or None without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def from_dlpack(a, name: str) -> np.ndarray:
     """A DLPack-capable CPU array as an ndarray sharing its memory."""
     if getattr(a, "requires_grad", False) is True:
