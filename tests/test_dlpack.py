@@ -1,5 +1,7 @@
 """Arrays with __dlpack__ (PyTorch tensors, JAX arrays) as input to the NumPy API."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -85,8 +87,77 @@ def test_non_cpu_device_is_refused():
 
 
 def test_dtype_without_a_numpy_equivalent_is_refused():
+    xt = torch.zeros(2, 3, dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"y_pred \(torch\.Tensor of dtype torch\.float8_e4m3fn\) "
+                                        r"could not be read .*convert y_pred to a dtype NumPy "
+                                        r"has first, e\.g\. float32"):
+        fx.sparse_categorical_crossentropy([0, 1], xt, from_logits=True)
+
+
+def lowp_case(rng, name, n=6, c=5):
+    """Logits of ``name`` (float16 / bfloat16) as a NumPy array and as a torch tensor on the
+    same memory (bfloat16 through its bits), labels, probabilities and binary targets."""
+    if name == "bfloat16":
+        dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+        x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+        xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    else:
+        x = (rng.standard_normal((n, c)) * 3).astype(np.float16)
+        xt = torch.from_numpy(x)
+    y = rng.integers(0, c, size=n)
+    p = rng.dirichlet(np.ones(c), size=n).astype(np.float32)
+    z = (rng.random((n, c)) > 0.5).astype(np.float32)
+    return x, xt, y, p, z
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_torch_low_precision_tensors_are_read_without_a_copy(rng, name):
+    x, xt, y, p, z = lowp_case(rng, name)
+    arr = as_float_array(xt, "y_pred")
+    assert arr.dtype == x.dtype and np.shares_memory(arr, x)
+    assert arr.ctypes.data == xt.data_ptr()
+    strided = asarray(xt.T, "y_pred")  # a transposed view: still no copy
+    assert strided.ctypes.data == xt.data_ptr() and np.shares_memory(strided, x)
+    assert np.array_equal(strided.astype(np.float32), x.T.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_torch_low_precision_tensors_give_the_numpy_results(rng, name):
+    """The NumPy API on a float16 / bfloat16 tensor: the results of the NumPy array, bit for
+    bit, the gradient in the tensor's dtype."""
+    x, xt, y, p, z = lowp_case(rng, name)
+    w = rng.random(6)
+    yt, pt, zt, wt = (torch.from_numpy(v) for v in (y, p, z, w))
+    for loss in (fx.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2),
+                 fx.SparseCategoricalCrossentropy(from_logits=True, reduction="none")):
+        ref = loss.loss_and_grad(y, x, w)
+        got = loss.loss_and_grad(yt, xt, wt)
+        assert type(got[1]) is np.ndarray and got[1].dtype == x.dtype
+        assert same_bits(got[0], ref[0]) and same_bits(got[1], ref[1])
+    cce = fx.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    assert all(same_bits(g, r) for g, r in zip(cce.loss_and_grad(pt, xt),
+                                              cce.loss_and_grad(p, x), strict=True))
+    bce = fx.BinaryCrossentropy(from_logits=True)
+    assert all(same_bits(g, r) for g, r in zip(bce.loss_and_grad(zt, xt),
+                                              bce.loss_and_grad(z, x), strict=True))
+    assert same_bits(fx.sparse_categorical_crossentropy(yt, xt, from_logits=True),
+                     fx.sparse_categorical_crossentropy(y, x, from_logits=True))
+
+
+def test_torch_bfloat16_without_ml_dtypes_is_refused_by_name(monkeypatch):
+    """A bfloat16 tensor is read as ml_dtypes.bfloat16: with ml_dtypes not importable the
+    error names the argument and says what to do."""
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # `import ml_dtypes` raises
     xt = torch.zeros(2, 3, dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match="y_pred .*torch.bfloat16.*float32 or float64"):
+    with pytest.raises(TypeError, match=r"y_pred is a torch\.bfloat16 tensor, which fastxent "
+                                        r"reads as ml_dtypes\.bfloat16, but ml_dtypes is not "
+                                        r"installed: install it .* or convert it with "
+                                        r"y_pred\.float\(\)"):
         fx.sparse_categorical_crossentropy([0, 1], xt, from_logits=True)
 
 
@@ -100,6 +171,22 @@ def test_jax_arrays_are_read_without_a_copy(rng):
     ref_loss, ref_grad = fx.SparseCategoricalCrossentropy(from_logits=True).loss_and_grad(
         np.asarray(y, dtype=np.asarray(yj).dtype), x)
     assert type(grad) is np.ndarray and loss == ref_loss and np.array_equal(grad, ref_grad)
+
+
+def test_jax_bfloat16_arrays_are_read_without_a_copy(rng):
+    """JAX's bfloat16 is ml_dtypes': DLPack cannot carry it, np.asarray reads it in place."""
+    jnp = pytest.importorskip("jax.numpy")
+    bfloat16 = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    x = (rng.standard_normal((6, 5)) * 3).astype(bfloat16)
+    y = rng.integers(0, 5, size=6)
+    xj = jnp.asarray(x)
+    arr = asarray(xj, "y_pred")
+    assert arr.dtype == bfloat16 and arr.ctypes.data == xj.unsafe_buffer_pointer()
+    loss = fx.SparseCategoricalCrossentropy(from_logits=True)
+    got = loss.loss_and_grad(jnp.asarray(y), xj)
+    ref = loss.loss_and_grad(np.asarray(y, dtype=np.asarray(jnp.asarray(y)).dtype), x)
+    assert got[1].dtype == bfloat16
+    assert got[0] == ref[0] and got[1].tobytes() == ref[1].tobytes()
 
 
 def test_inputs_are_not_modified(rng):

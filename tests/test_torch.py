@@ -304,8 +304,12 @@ def test_errors_name_the_argument():
     t = torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match="input is on device meta.*cpu"):
         fxt.cross_entropy(torch.empty(3, 4, device="meta"), t)
-    with pytest.raises(TypeError, match="input must have dtype float32 or float64, got torch.int"):
+    with pytest.raises(TypeError, match=r"input must have dtype float32, float64, float16 or "
+                                        r"bfloat16, got torch\.int32; cast it with input\.float"):
         fxt.cross_entropy(torch.zeros(3, 4, dtype=torch.int32), t)
+    with pytest.raises(TypeError, match=r"input must have dtype float32, float64, float16 or "
+                                        r"bfloat16, got torch\.complex64"):
+        fxt.binary_cross_entropy_with_logits(torch.zeros(3, 4, dtype=torch.complex64), x)
     with pytest.raises(TypeError, match="input must be a torch.Tensor"):
         fxt.cross_entropy(x.numpy(), t)
     with pytest.raises(ValueError, match="target requires grad.*target.detach"):
@@ -326,33 +330,137 @@ def test_errors_name_the_argument():
         fxt.linear_cross_entropy(x, torch.randn(5, 4, dtype=torch.float64), t)
 
 
-def _bfloat16_supported():
-    pytest.importorskip("ml_dtypes")
-    return fxt._kernels_accept("bfloat16")
+# ------------------------------------------------------------------- float16 and bfloat16
+
+LOWP = (torch.float16, torch.bfloat16)
 
 
-def test_bfloat16_refused_until_the_kernels_support_it():
-    if _bfloat16_supported():
-        pytest.skip("these kernels compute in bfloat16 (test_bfloat16_matches_torch runs)")
+def lowp(dtype):
+    """``dtype``; a bfloat16 case is skipped without ml_dtypes (fastxent reads it as theirs)."""
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+    return dtype
+
+
+def ulp(values, dtype):
+    """The unit in the last place of ``dtype`` at each of ``values`` (floats):
+    eps * 2**floor(log2|v|), and the subnormal spacing below the smallest normal."""
+    fi = torch.finfo(dtype)
+    magnitude = np.maximum(np.abs(np.asarray(values, dtype=np.float64)), fi.tiny)
+    return fi.eps * 2.0 ** np.floor(np.log2(magnitude))
+
+
+def assert_lowp_loss(loss, ref, dtype):
+    """``loss`` (``dtype``) is float32 ``ref`` rounded to ``dtype``, up to the float32
+    computation's error: within half an ulp of ``dtype`` plus 1e-6 relative of ``ref``."""
+    assert loss.dtype == dtype and loss.shape == ref.shape
+    a = loss.detach().to(torch.float64).numpy()
+    r = ref.detach().to(torch.float64).numpy()
+    err = np.abs(a - r)
+    ok = err <= 0.5 * ulp(r, dtype) + 1e-6 * np.abs(r)
+    assert ok.all(), f"loss: got {a[~ok][:3]}, float32 reference {r[~ok][:3]}"
+
+
+def assert_lowp_grad(grad, ref32, dtype):
+    """``grad`` (``dtype``) within one ulp of ``dtype`` of the float32 gradient ``ref32``
+    rounded to ``dtype``."""
+    assert grad.dtype == dtype and grad.shape == ref32.shape
+    expected = ref32.detach().to(dtype).to(torch.float64).numpy()
+    a = grad.detach().to(torch.float64).numpy()
+    ok = np.abs(a - expected) <= ulp(expected, dtype)
+    assert ok.all(), (f"gradient: {int((~ok).sum())} entries more than one ulp away: got "
+                      f"{a[~ok][:3]}, expected {expected[~ok][:3]}")
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+def test_ulp_is_the_spacing_of_the_dtype(dtype):
+    """``ulp`` against the next value up, bit pattern + 1: normal, subnormal and zero."""
+    dtype = lowp(dtype)
+    fi = torch.finfo(dtype)
+    v = torch.tensor([0.0, fi.tiny / 8, fi.tiny, 0.75, 1.0, 1.5, 3.0, 1000.0], dtype=dtype)
+    up = (v.view(torch.int16) + 1).view(dtype)
+    spacing = (up.to(torch.float64) - v.to(torch.float64)).numpy()
+    np.testing.assert_array_equal(ulp(v.to(torch.float64).numpy(), dtype), spacing)
+    with pytest.raises(AssertionError, match="one ulp"):  # two ulps up is refused
+        assert_lowp_grad((up.view(torch.int16) + 1).view(dtype), v.float(), dtype)
+    assert_lowp_grad(up, v.float(), dtype)
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("shape", [(7, 5), (3, 5, 4)])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_low_precision_matches_float32(dtype, shape, soft, weighted, smoothing,
+                                                     reduction):
+    """float16 / bfloat16 logits: PyTorch's float32 result on the same values (upcast), the
+    loss and gradient rounded to the input's dtype."""
+    dtype = lowp(dtype)
+    g, x, t, w = ce_case(len(shape) * 10 + soft, shape, dtype, soft, ignore=False)
+    kw = dict(weight=w if weighted else None, reduction=reduction, label_smoothing=smoothing)
+    if not soft:  # a real class index ignored, as ignore_index
+        t.view(-1)[::3] = 2
+        kw["ignore_index"] = 2
+    loss, (grad,), go = forward_backward(lambda a: fxt.cross_entropy(a, t, **kw),
+                                         [x.clone().requires_grad_()], g)
+    ref_x = x.float().requires_grad_()
+    ref = F.cross_entropy(ref_x, t.float() if soft else t,
+                          **dict(kw, weight=w.float() if weighted else None))
+    (ref_grad,) = torch.autograd.grad(ref, [ref_x], go.float())
+    assert_lowp_loss(loss, ref, dtype)
+    assert_lowp_grad(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5)])
+@pytest.mark.parametrize("weight_shape", [None, "last", "rows"])
+@pytest.mark.parametrize("pos", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_low_precision_matches_float32(dtype, shape, weight_shape, pos,
+                                                       reduction):
+    """float16 / bfloat16 logits, targets and weights: PyTorch's float32 result on the same
+    values, the loss and gradient rounded to the input's dtype."""
+    dtype = lowp(dtype)
+    g = gen(len(shape) + 3 * pos)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    t = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+    t.view(-1)[::4] = 1.0
+    t.view(-1)[1::4] = 0.0
+    w_shape = {None: None, "last": shape[-1:], "rows": shape[:1] + (1,) * (len(shape) - 1)}[
+        weight_shape]
+    w = None if w_shape is None else (torch.rand(w_shape, generator=g) + 0.5).to(dtype)
+    pw = (torch.rand(shape[-1:], generator=g) * 3).to(dtype) if pos else None
+    loss, (grad,), go = forward_backward(
+        lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw),
+        [x.clone().requires_grad_()], g)
+    ref_x = x.float().requires_grad_()
+
+    def f32(v):
+        return None if v is None else v.float()
+
+    ref = F.binary_cross_entropy_with_logits(ref_x, t.float(), f32(w), reduction=reduction,
+                                             pos_weight=f32(pw))
+    (ref_grad,) = torch.autograd.grad(ref, [ref_x], go.float())
+    assert_lowp_loss(loss, ref, dtype)
+    assert_lowp_grad(grad, ref_grad, dtype)
+
+
+def test_bfloat16_without_ml_dtypes_is_refused_by_name(monkeypatch):
+    """fastxent reads a bfloat16 tensor as ml_dtypes.bfloat16: with ml_dtypes not importable
+    the error names the argument and says to install it or cast; float16 still computes."""
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # `import ml_dtypes` raises
     x = torch.randn(3, 4).to(torch.bfloat16)
-    with pytest.raises(TypeError, match="input has dtype torch.bfloat16: bfloat16 needs"):
-        fxt.cross_entropy(x, torch.tensor([0, 1, 2]))
-
-
-def test_bfloat16_matches_torch():
-    if not _bfloat16_supported():
-        pytest.skip("this fastxent build has no bfloat16 kernels")
-    g = gen(1)
-    x = torch.randn(6, 5, generator=g).to(torch.bfloat16).requires_grad_()
-    t = torch.randint(0, 5, (6,), generator=g)
-    loss = fxt.cross_entropy(x, t)
-    loss.backward()
-    xr = x.detach().to(torch.float64).requires_grad_()
-    ref = F.cross_entropy(xr, t)
-    ref.backward()
-    assert loss.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
-    np.testing.assert_allclose(loss.float().item(), ref.item(), rtol=1e-2)
-    np.testing.assert_allclose(x.grad.double().numpy(), xr.grad.numpy(), rtol=1e-2, atol=1e-2)
+    t = torch.tensor([0, 1, 2])
+    message = (r"input has dtype torch\.bfloat16, which fastxent reads as ml_dtypes\.bfloat16, "
+               r"but ml_dtypes is not installed: install it \(pip install ml_dtypes, or "
+               r"fastxent's \[lowp\] extra\) or cast with input\.float\(\)")
+    with pytest.raises(TypeError, match=message):
+        fxt.cross_entropy(x, t)
+    with pytest.raises(TypeError, match=message):
+        fxt.binary_cross_entropy_with_logits(x, torch.rand(3, 4))
+    loss = fxt.cross_entropy(x.to(torch.float16), t)
+    assert loss.dtype == torch.float16 and torch.isfinite(loss)
 
 
 def test_import_fastxent_does_not_import_torch():

@@ -8,10 +8,12 @@
 fastxent and saves the gradient; the backward only scales it by the incoming gradient.
 
 Tensors are shared with NumPy without a copy (``tensor.detach().numpy()``) and the results
-come back with ``torch.from_numpy``.  Inputs must be CPU tensors of float32 or float64
-(bfloat16 / float16 when the installed kernels compute in them); targets and weights must
-not require grad.  The module needs PyTorch (``pip install '.[torch]'`` from a clone);
-``import fastxent`` does not import it.
+come back with ``torch.from_numpy``.  Inputs must be CPU tensors of float32 or float64;
+:func:`cross_entropy` and :func:`binary_cross_entropy_with_logits` also take float16 and
+bfloat16 (bfloat16 read through its bits as ``ml_dtypes.bfloat16``: it needs ml_dtypes),
+computed in float32 with float64 sums, the loss and gradient returned in the input's dtype.
+Targets and weights must not require grad.  The module needs PyTorch
+(``pip install '.[torch]'`` from a clone); ``import fastxent`` does not import it.
 
 Memory and copies
 -----------------
@@ -31,7 +33,6 @@ Memory and copies
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fastxent._errors import LabelRangeError
+from fastxent._interop import ml_bfloat16
 from fastxent.linear import linear_cross_entropy as _linear_loss
 from fastxent.linear import linear_cross_entropy_and_grad as _linear_loss_and_grad
 from fastxent.losses import (
@@ -51,7 +53,8 @@ __all__ = ["cross_entropy", "binary_cross_entropy_with_logits", "linear_cross_en
 
 _REDUCTIONS = ("none", "mean", "sum")
 _NATIVE = (torch.float32, torch.float64)
-_HALF = (torch.bfloat16, torch.float16)
+#: The input dtypes of cross_entropy and binary_cross_entropy_with_logits, for errors.
+_LOGIT_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -74,44 +77,23 @@ def _no_grad(t, name: str) -> None:
         )
 
 
-@functools.cache
-def _kernels_accept(dtype_name: str) -> bool:
-    """Whether the installed kernels compute in ``dtype_name`` (tried once on 1 x 2 logits)."""
-    try:
-        dtype = _numpy_dtype(dtype_name)
-        SparseCategoricalCrossentropy(from_logits=True)(
-            np.zeros(1, np.int64), np.zeros((1, 2), dtype=dtype))
-    except (ImportError, TypeError):
-        return False
-    return True
-
-
-def _numpy_dtype(dtype_name: str) -> np.dtype:
-    if dtype_name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype_name)
-
-
-def _float_array(t, name: str) -> np.ndarray:
-    """A CPU floating tensor as a NumPy array sharing its memory."""
+def _float_array(t, name: str, dtypes: str = "float32 or float64") -> np.ndarray:
+    """A CPU floating tensor as a NumPy array sharing its memory (``dtypes``: the accepted
+    dtypes, as the error names them)."""
     _check_tensor(t, name)
-    if t.dtype in _NATIVE:
+    if t.dtype in _NATIVE or t.dtype == torch.float16:
         return t.detach().numpy()
-    if t.dtype in _HALF:
-        dtype_name = str(t.dtype).removeprefix("torch.")
-        if not _kernels_accept(dtype_name):
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: view the bits as ml_dtypes'
+        bfloat16 = ml_bfloat16()
+        if bfloat16 is None:
             raise TypeError(
-                f"{name} has dtype {t.dtype}: {dtype_name} needs kernels that compute in it "
-                f"(and ml_dtypes for bfloat16), which this installation lacks; cast with "
-                f"{name}.float()"
+                f"{name} has dtype torch.bfloat16, which fastxent reads as ml_dtypes.bfloat16, "
+                f"but ml_dtypes is not installed: install it (pip install ml_dtypes, or "
+                f"fastxent's [lowp] extra) or cast with {name}.float()"
             )
-        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: view the bits
-            return t.detach().view(torch.int16).numpy().view(_numpy_dtype("bfloat16"))
-        return t.detach().numpy()
+        return t.detach().view(torch.int16).numpy().view(bfloat16)
     raise TypeError(
-        f"{name} must have dtype float32 or float64, got {t.dtype}; cast it with {name}.float()"
+        f"{name} must have dtype {dtypes}, got {t.dtype}; cast it with {name}.float()"
     )
 
 
@@ -128,7 +110,9 @@ def _scalar(value, like: torch.Tensor) -> torch.Tensor:
 
 
 def _reduced(loss, like: torch.Tensor) -> torch.Tensor:
-    return _tensor(loss) if isinstance(loss, np.ndarray) else _scalar(loss, like)
+    """The loss in ``like``'s dtype (per-sample losses of float16 / bfloat16 logits come
+    from NumPy as float32)."""
+    return _tensor(loss).to(like.dtype) if isinstance(loss, np.ndarray) else _scalar(loss, like)
 
 
 def _check_reduction(reduction) -> str:
@@ -207,7 +191,7 @@ def _probabilities(input, t, x, cw, reduction, label_smoothing):
             f"target of probabilities has shape {tuple(t.shape)}; it needs input's shape "
             f"{tuple(input.shape)}"
         )
-    y = _float_array(t.to(input.dtype), "target").reshape(x.shape)
+    y = _float_array(t.to(input.dtype), "target", _LOGIT_DTYPES).reshape(x.shape)
     loss_fn = CategoricalCrossentropy(
         from_logits=True, label_smoothing=label_smoothing, axis=1, class_weight=cw,
         reduction=_fx_reduction(reduction, "sum_over_batch_size"))
@@ -244,7 +228,7 @@ def _class_indices(input, t, x, cw, ignore_index, reduction, label_smoothing):
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
-        x = _float_array(input, "input")
+        x = _float_array(input, "input", _LOGIT_DTYPES)
         if x.ndim == 0:
             raise ValueError("input must have a class axis: shape (C,), (N, C) or (N, C, d1, ...)")
         unbatched = x.ndim == 1
@@ -284,8 +268,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Parameters
     ----------
     input : torch.Tensor, shape (C,), (N, C) or (N, C, d1, ...)
-        Logits, class axis 1 (0 for an unbatched (C,) input); a CPU tensor of float32 or
-        float64.
+        Logits, class axis 1 (0 for an unbatched (C,) input); a CPU tensor of float32,
+        float64, float16 or bfloat16 (bfloat16 needs ml_dtypes; float16 and bfloat16 are
+        computed in float32).
     target : torch.Tensor
         Class indices of input's shape without the class axis (an integer dtype; values in
         ``[0, C)`` or ``ignore_index``), or class probabilities of input's shape (a float
@@ -352,7 +337,7 @@ def _broadcast(w, name: str, shape: tuple) -> np.ndarray | None:
 class _BinaryCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, reduction, pos_weight):
-        x = _float_array(input, "input")
+        x = _float_array(input, "input", _LOGIT_DTYPES)
         _check_tensor(target, "target")
         _no_grad(target, "target")
         if tuple(target.shape) != x.shape:
@@ -360,12 +345,13 @@ class _BinaryCrossEntropy(torch.autograd.Function):
                 f"target has shape {tuple(target.shape)} but input has shape {x.shape}; "
                 "they must be the same"
             )
-        t = _float_array(target.detach().to(input.dtype), "target")
+        t = _float_array(target.detach().to(input.dtype), "target", _LOGIT_DTYPES)
         w = _broadcast(weight, "weight", x.shape)
         pw = _broadcast(pos_weight, "pos_weight", x.shape)
         if pw is not None:
             # pos_weight p as a per-element weight q = p t + 1 - t and target p t / q:
             # q (t' softplus(-x) + (1 - t') softplus(x)) = p t softplus(-x) + (1 - t) softplus(x)
+            t = t.astype(np.float64)  # 1 - t in float64, not in a 16-bit input's dtype
             pt = pw * t
             q = pt + (1.0 - t)
             if np.any((q == 0) & (pt != 0)):
@@ -374,6 +360,10 @@ class _BinaryCrossEntropy(torch.autograd.Function):
                     "use targets in [0, 1] and pos_weight >= 0"
                 )
             t = np.divide(pt, q, out=np.zeros_like(q), where=q != 0)
+            if x.dtype.itemsize == 2:
+                # float16 / bfloat16 logits: the kernels read float32 targets as they are
+                # (others are rounded to the logits' dtype, which p t / q is not exactly)
+                t = t.astype(np.float32)
             w = q if w is None else w * q
         # Each element is a sample: rows of one element, the loss per element.
         loss_fn = BinaryCrossentropy(
@@ -405,7 +395,8 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     Parameters
     ----------
     input : torch.Tensor
-        Logits, any shape; a CPU tensor of float32 or float64.
+        Logits, any shape; a CPU tensor of float32, float64, float16 or bfloat16 (bfloat16
+        needs ml_dtypes; float16 and bfloat16 are computed in float32).
     target : torch.Tensor, shape of input
         Targets in [0, 1].  Must not require grad.
     weight : torch.Tensor, optional
