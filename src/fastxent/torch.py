@@ -20,7 +20,9 @@ Memory and copies
   is already stored that way, e.g. ``torch.channels_last``), and its gradient is stored with
   the class axis last in memory (a permuted view of shape (N, C, d1, ...)).
 * The saved gradient has the input's size; :func:`linear_cross_entropy` saves the
-  gradients of ``hidden``, ``weight`` and ``bias`` only, never the N x V logits.
+  gradients of ``hidden``, ``weight`` and ``bias`` only, never the N x V logits.  It takes
+  float16 / bfloat16 ``hidden``, ``weight`` and ``bias`` whatever the kernels compute in: it
+  copies them to float32 once, computes in float32 and rounds the gradients to their dtype.
 * ``reduction="none"``: :func:`cross_entropy` and :func:`binary_cross_entropy_with_logits`
   save each sample's own gradient and multiply it by ``grad_output`` broadcast along the
   class axis.  :func:`linear_cross_entropy` cannot do so without the N x V gradient (the
@@ -443,13 +445,39 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 
 # --------------------------------------------------------------------- linear_cross_entropy
 
+def _linear_array(t, name: str) -> np.ndarray:
+    """A CPU tensor of float32, float64, float16 or bfloat16 as a NumPy array sharing its
+    memory (bfloat16 through its bits, as ``ml_dtypes.bfloat16``).
+
+    The fused head computes float16 / bfloat16 in float32 on a copy of its own, so it needs
+    no 16-bit kernels; bfloat16 needs ml_dtypes, NumPy's bfloat16.
+    """
+    _check_tensor(t, name)
+    if t.dtype in _NATIVE or t.dtype == torch.float16:
+        return t.detach().numpy()
+    if t.dtype == torch.bfloat16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(
+                f"{name} has dtype torch.bfloat16, which NumPy reads as ml_dtypes.bfloat16, "
+                f"but ml_dtypes is not installed: install it (pip install ml_dtypes, or "
+                f"fastxent's [lowp] extra), or cast with {name}.float()"
+            ) from None
+        return t.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    raise TypeError(
+        f"{name} must have dtype float32, float64, float16 or bfloat16, got {t.dtype}; cast "
+        f"it with {name}.float()"
+    )
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                 z_loss):
-        h = _float_array(hidden, "hidden")
-        w = _float_array(weight, "weight")
-        b = None if bias is None else _float_array(bias, "bias")
+        h = _linear_array(hidden, "hidden")
+        w = _linear_array(weight, "weight")
+        b = None if bias is None else _linear_array(bias, "bias")
         _check_tensor(target, "target")
         _no_grad(target, "target")
         if target.is_floating_point() or target.dtype == torch.bool:
@@ -481,8 +509,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
         if ctx.deferred:
-            h, w = saved[0].detach().numpy(), saved[1].detach().numpy()
-            b = saved[2].detach().numpy() if ctx.has_bias else None
+            h, w = _linear_array(saved[0], "hidden"), _linear_array(saved[1], "weight")
+            b = _linear_array(saved[2], "bias") if ctx.has_bias else None
             g = grad_output.detach().to(torch.float64).numpy()
             _, dh, dw, db = _linear_loss_and_grad(h, w, ctx.target, b, sample_weight=g,
                                                   reduction="sum", **ctx.kw)
@@ -503,12 +531,14 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     Parameters
     ----------
     hidden : torch.Tensor, shape (..., d)
-        Hidden states; a CPU tensor of float32 or float64.
+        Hidden states; a CPU tensor of float32, float64, float16 or bfloat16 (bfloat16 needs
+        ml_dtypes, the ``[lowp]`` extra).  float16 and bfloat16 are computed in float32 on one
+        float32 copy of ``hidden``, ``weight`` and ``bias`` (never of the logits).
     weight : torch.Tensor, shape (V, d)
         ``nn.Linear(d, V).weight`` (PyTorch's ``F.linear`` layout), hidden's dtype.
     target : torch.Tensor of integers, shape hidden.shape[:-1]
         Token ids in ``[0, V)`` or ``ignore_index``.  Must not require grad.
-    bias : torch.Tensor of shape (V,), optional
+    bias : torch.Tensor of shape (V,), hidden's dtype, optional
     ignore_index : int
         Padding label: loss 0, zero gradient, not counted by the mean.
     reduction : {"mean", "sum", "none"}
@@ -522,7 +552,9 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     Returns
     -------
     torch.Tensor
-        A scalar, or the per-token losses (target's shape) for ``reduction="none"``.
+        A scalar of hidden's dtype, or the per-token losses (target's shape) for
+        ``reduction="none"``: hidden's dtype, float32 for float16 / bfloat16 (as
+        :func:`cross_entropy` returns them).
 
     Notes
     -----
@@ -530,6 +562,13 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     ``weight`` and ``bias`` (three matrix products per block of logits, as the unfused
     head) and saves those gradients.  With ``none`` the forward computes the losses only and
     the backward the gradients weighted by ``grad_output`` (one more product of the logits).
+
+    float16 / bfloat16 tensors give the results of their float32 values (those of
+    :func:`fastxent.linear_cross_entropy_and_grad` on them): the gradients are the float32
+    ones rounded once to the tensors' dtype, to nearest even (with ``none``, ``grad_output``
+    weighs the tokens inside the float32 computation; with ``mean`` or ``sum``, a
+    ``grad_output`` other than 1 multiplies the rounded gradients in their dtype, as
+    PyTorch's own backward would); a reduced loss is rounded to that dtype too.
 
     Examples
     --------
