@@ -7,7 +7,10 @@ Oracles:
 * the float64 NumPy oracle of tests/reference.py on the same logits;
 * PyTorch: ``F.linear`` + ``F.cross_entropy`` + ``backward``;
 * central finite differences of the fused loss itself;
-* tracemalloc: the peak memory of a call stays far below the N x V logits.
+* tracemalloc: the peak memory of a call stays far below the N x V logits;
+* float16 / bfloat16: the float32 call on the upcast values, its gradients rounded
+  (bit for bit), and the float64 oracle on the upcast values (loss to 1e-5, gradients to
+  half a unit in the last place of the dtype, plus the float32 computation's error).
 """
 
 import tracemalloc
@@ -15,7 +18,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import reference as R
-from util import DTYPES, assert_close, central_difference, unaligned
+from util import DTYPES, assert_close, central_difference, low_precision_dtypes, unaligned
 
 import fastxent as fx
 from fastxent.linear import (
@@ -384,6 +387,191 @@ def test_against_torch(rng, dtype, chunk_size, option):
         assert_rel(a, e, dtype)
 
 
+# ------------------------------------------------------------------- float16 / bfloat16
+
+LOWP = low_precision_dtypes()
+
+
+def bits(a):
+    """The raw bits of a 16-bit array (NaN compared by position and payload)."""
+    return np.asarray(a).view(np.uint16)
+
+
+def ulp(x, dtype):
+    """The spacing of ``dtype`` at each |x| (float64): 2**(exponent - mantissa bits), never
+    below the dtype's smallest subnormal."""
+    # float16: 10 mantissa bits, subnormals down to 2**-24; bfloat16: 7 bits, float32's range
+    nmant, tiny = (10, 2.0**-24) if dtype == np.float16 else (7, 2.0**-133)
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    _, e = np.frexp(ax)  # ax = m 2**e, 0.5 <= m < 1 (0 for 0: its spacing is tiny)
+    return np.where(ax == 0, tiny, np.maximum(np.ldexp(1.0, e - 1 - nmant), tiny))
+
+
+def oracle64(hidden, weight, labels, bias=None, sample_weight=None, **options):
+    """The float64 loss and gradients of the upcast values (tests/reference.py)."""
+    d = hidden.shape[-1]
+    h64 = hidden.reshape(-1, d).astype(np.float64)
+    w64 = weight.astype(np.float64)
+    logits = h64 @ w64.T + (0.0 if bias is None else bias.astype(np.float64))
+    sw = None if sample_weight is None else R.broadcast_sample_weight(
+        sample_weight, labels.shape).reshape(-1)
+    loss, g = R.reference_loss_and_grad("sparse_categorical", labels.reshape(-1), logits, sw,
+                                        from_logits=True, **options)
+    if isinstance(loss, np.ndarray):
+        loss = loss.reshape(labels.shape)
+    return (loss, (g @ w64).reshape(hidden.shape), g.T @ h64,
+            None if bias is None else g.sum(axis=0))
+
+
+def check_low_precision(got, as32, oracle, dtype, what=""):
+    """``got`` (16-bit inputs) against the float32 call on their values (``as32``: the same
+    loss, its gradients rounded once) and the float64 oracle."""
+    loss, *grads = got
+    if isinstance(as32[0], np.ndarray):  # per-token losses: float32, those of the float32 call
+        assert loss.dtype == np.float32, what
+        np.testing.assert_array_equal(loss, as32[0], err_msg=what)
+    else:
+        assert isinstance(loss, float) and loss == as32[0], what
+    assert_rel(loss, oracle[0], np.float32, rtol=1e-5, err_msg=f"loss {what}")
+    for name, g, g32, g64 in zip(("d_hidden", "d_weight", "d_bias"), grads, as32[1:],
+                                 oracle[1:], strict=True):
+        if g32 is None:
+            assert g is None, f"{name} {what}"
+            continue
+        assert g.dtype == dtype and g.shape == g32.shape, f"{name} {what}"
+        np.testing.assert_array_equal(bits(g), bits(g32.astype(dtype)),
+                                      err_msg=f"{name}: not the float32 result rounded {what}")
+        # correctly rounded up to the float32 computation's error: half a unit in the last
+        # place of the dtype, plus 1e-6 of the largest entry (the float32 products' error,
+        # which can move a value that sits near a rounding boundary across it)
+        err = np.abs(g.astype(np.float64) - g64)
+        bound = 0.5 * ulp(g64, dtype) + 1e-6 * np.max(np.abs(g64), initial=0.0)
+        assert np.all(err <= bound), (
+            f"{name} {what}: {np.count_nonzero(err > bound)} entries beyond half an ulp, "
+            f"worst {np.max(err / bound):.3g} x the bound")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("chunk_size", [None, 4, (4, 7), (6, 10), (1, 1)], ids=str)
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_low_precision_is_float32_rounded(rng, dtype, chunk_size, option, bias):
+    """float16 / bfloat16 inputs: the float32 computation on their values, gradients in their
+    dtype rounded once (bit for bit), and the float64 oracle correctly rounded (up to the
+    float32 computation's error)."""
+    opts = OPTIONS[option]
+    hidden, weight, labels, b = make_problem(rng, dtype, bias=bias,
+                                             ignore_class=opts.get("ignore_class"))
+    up = [None if a is None else a.astype(np.float32) for a in (hidden, weight, b)]
+    before = [bits(a).copy() for a in (hidden, weight) + ((b,) if bias else ())]
+    got = linear_cross_entropy_and_grad(hidden, weight, labels, b, chunk_size=chunk_size,
+                                        **opts)
+    as32 = linear_cross_entropy_and_grad(up[0], up[1], labels, up[2], chunk_size=chunk_size,
+                                         **opts)
+    check_low_precision(got, as32, oracle64(hidden, weight, labels, b, **opts), dtype)
+    loss_only = linear_cross_entropy(hidden, weight, labels, b, chunk_size=chunk_size, **opts)
+    assert isinstance(loss_only, float) and loss_only == as32[0]
+    for a, a0 in zip((hidden, weight) + ((b,) if bias else ()), before, strict=True):
+        np.testing.assert_array_equal(bits(a), a0)  # inputs untouched
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("chunk_size", [None, (5, 8)], ids=str)
+def test_low_precision_reductions_and_sample_weight(rng, dtype, reduction, chunk_size):
+    hidden, weight, labels, b = make_problem(rng, dtype, shape=(4, 5), ignore_class=-1)
+    up = [a.astype(np.float32) for a in (hidden, weight, b)]
+    opts = dict(ignore_class=-1, label_smoothing=0.1, z_loss=0.01, reduction=reduction,
+                chunk_size=chunk_size)
+    for sw in (None, rng.uniform(0.2, 2.0, size=(4, 5)), rng.uniform(0.2, 2.0, size=4), 2.5):
+        what = f"sample_weight={np.shape(sw)}"
+        got = linear_cross_entropy_and_grad(hidden, weight, labels, b, sample_weight=sw, **opts)
+        as32 = linear_cross_entropy_and_grad(*up[:2], labels, up[2], sample_weight=sw, **opts)
+        opts64 = {k: v for k, v in opts.items() if k != "chunk_size"}
+        check_low_precision(got, as32, oracle64(hidden, weight, labels, b, sw, **opts64), dtype,
+                            what)
+        loss_only = linear_cross_entropy(hidden, weight, labels, b, sample_weight=sw, **opts)
+        if reduction == "none":
+            assert loss_only.shape == labels.shape and loss_only.dtype == np.float32
+            np.testing.assert_array_equal(loss_only, as32[0])
+        else:
+            assert isinstance(loss_only, float) and loss_only == as32[0], what
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_layouts_and_large_logits(rng, dtype):
+    """Non-contiguous hidden views, a Fortran weight, and logits ~ 1e3 (the float32
+    computation's shifts) in 16 bits; float16's range overflows to inf when rounded."""
+    hidden, weight, tokens, b = make_problem(rng, dtype, shape=(3, 9), vocab=23, scale=40.0)
+    h, y, w_f = hidden[:, :-1], tokens[:, 1:], np.asfortranarray(weight)
+    assert np.max(np.abs(h.astype(np.float64) @ weight.astype(np.float64).T)) > 100
+    for chunk_size in (None, (5, 6)):
+        got = linear_cross_entropy_and_grad(h, w_f, y, b, z_loss=1e-4, chunk_size=chunk_size)
+        assert got[1].shape == h.shape and got[2].flags.c_contiguous
+        as32 = linear_cross_entropy_and_grad(h.astype(np.float32), weight.astype(np.float32),
+                                             y, b.astype(np.float32), z_loss=1e-4,
+                                             chunk_size=chunk_size)
+        check_low_precision(got, as32, oracle64(h, weight, y, b, z_loss=1e-4), dtype,
+                            str(chunk_size))
+    if dtype == np.float16:  # a float32 gradient beyond 65504 rounds to inf, as astype does
+        big = np.full((2, 1), 60000.0, np.float16)
+        w = np.array([[1e-3], [-1e-3]], np.float16)
+        loss, d_h, d_w, _ = linear_cross_entropy_and_grad(big, w, np.array([1, 1]),
+                                                          reduction="sum")
+        assert np.isfinite(loss) and np.all(np.isfinite(d_h))
+        np.testing.assert_array_equal(d_w, [[np.inf], [-np.inf]])
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_peak_memory(rng, dtype):
+    """The float32 copies of hidden / weight / bias and the float32 gradients, on top of the
+    float32 formula, and nothing of size N x V."""
+    n, d, v = 1024, 64, 16000
+    hidden = rng.standard_normal((n, d), dtype=np.float32).astype(dtype)
+    weight = (rng.standard_normal((v, d), dtype=np.float32) * np.float32(0.1)).astype(dtype)
+    bias = rng.standard_normal(v, dtype=np.float32).astype(dtype)
+    labels = rng.integers(0, v, n)
+    from fastxent.linear import _blocks
+
+    for chunk_size in (None, (256, 4096)):
+        peak, out = _traced_peak(lambda cs=chunk_size: linear_cross_entropy_and_grad(
+            hidden, weight, labels, bias, chunk_size=cs))
+        assert all(a.dtype == dtype for a in out[1:])
+        above = peak - sum(a.nbytes for a in out[1:])
+        rows, vocab = _blocks(chunk_size, n, v, 4)
+        n_chunks = -(-v // vocab)
+        formula = (rows * vocab * 4 + (4 << 20) + rows * d * 4
+                   + 8 * (vocab + 6 * n + rows * n_chunks))
+        copies = 4 * (n + v) * d + 4 * v
+        gradients32 = 4 * (n + v) * d
+        assert above <= formula + copies + gradients32 + (1 << 20), chunk_size
+        if chunk_size is not None:  # (the default block holds all 1024 rows here)
+            assert above < n * v * 4 / 3
+        peak, _ = _traced_peak(lambda cs=chunk_size: linear_cross_entropy(
+            hidden, weight, labels, bias, chunk_size=cs))
+        assert peak <= rows * vocab * 4 + 8 * (vocab + 6 * n + rows * n_chunks) + copies + (
+            1 << 20), chunk_size
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_low_precision_mixed_dtypes_are_refused(rng, dtype):
+    h, w, y, b = make_problem(rng, dtype, shape=(2, 3), d=4, vocab=5)
+    name = np.dtype(dtype).name
+    with pytest.raises(TypeError, match=rf"weight has dtype float32 but hidden has dtype {name};"
+                                        r".*weight.astype\(hidden.dtype\)"):
+        linear_cross_entropy(h, w.astype(np.float32), y)
+    with pytest.raises(TypeError, match=rf"weight has dtype {name} but hidden has dtype float32"):
+        linear_cross_entropy(h.astype(np.float32), w, y)
+    with pytest.raises(TypeError, match=rf"bias has dtype float32 but hidden has dtype {name};"
+                                        r".*bias.astype\(hidden.dtype\)"):
+        linear_cross_entropy_and_grad(h, w, y, b.astype(np.float32))
+    for other in LOWP:  # float16 beside bfloat16 (when ml_dtypes is installed)
+        if other != dtype:
+            with pytest.raises(TypeError, match=f"weight has dtype {other.name} but hidden "
+                                                f"has dtype {name}"):
+                linear_cross_entropy(h, w.astype(other), y)
+
+
 # ------------------------------------------------------------------------------- errors
 
 
@@ -394,11 +582,13 @@ def _args(rng):
 
 def test_error_dtypes(rng):
     h, w, y, b = _args(rng)
-    with pytest.raises(TypeError, match="hidden must have dtype float32 or float64"):
-        linear_cross_entropy(h.astype(np.float16), w, y)
+    with pytest.raises(TypeError, match="hidden must have dtype float32, float64, float16 or "
+                                        "bfloat16, got int32"):
+        linear_cross_entropy(h.astype(np.int32), w, y)
     with pytest.raises(TypeError, match="weight has dtype float32 but hidden has dtype float64"):
         linear_cross_entropy(h, w.astype(np.float32), y)
-    with pytest.raises(TypeError, match="weight must have dtype float32 or float64"):
+    with pytest.raises(TypeError, match="weight must have dtype float32, float64, float16 or "
+                                        "bfloat16, got int64"):
         linear_cross_entropy(h, w.astype(np.int64), y)
     with pytest.raises(TypeError, match="bias has dtype float32 but hidden has dtype float64"):
         linear_cross_entropy(h, w, y, b.astype(np.float32))

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 fxt = pytest.importorskip("fastxent.torch")
+import fastxent as fx  # noqa: E402
 
 RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 DTYPES = (torch.float32, torch.float64)
@@ -289,6 +290,112 @@ def test_linear_cross_entropy_saves_nothing_of_size_n_by_v():
         assert sizes and max(sizes) < n * n_vocab, (reduction, sizes)
 
 
+LOWP = (torch.float16, torch.bfloat16)
+
+
+def needs_ml_dtypes(dtype):
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+
+
+def as_numpy32(v):
+    return None if v is None else v.detach().float().numpy()
+
+
+def assert_within_ulp(actual, expected32, dtype, what=""):
+    """``actual`` (16-bit) within one unit in the last place of ``dtype`` of the float32
+    ``expected32`` rounded to ``dtype`` (the two float32 computations differ by a few float32
+    rounding errors, which can move a value across a rounding boundary), plus 2e-6 of the
+    largest entry for entries that the products nearly cancel."""
+    a = actual.detach().double().numpy()
+    e = expected32.detach().to(dtype).double().numpy()
+    assert a.shape == e.shape, what
+    nmant = -int(np.log2(torch.finfo(dtype).eps))
+    _, exp = np.frexp(np.abs(e))  # |e| = m 2**exp, 0.5 <= m < 1
+    floor = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # subnormal spacing
+    bound = np.where(e == 0, floor, np.maximum(np.ldexp(1.0, exp - 1 - nmant), floor))
+    bound += 2e-6 * np.max(np.abs(e), initial=0.0)
+    err = np.abs(a - e)
+    assert np.all(err <= bound), (
+        f"{what}: {np.count_nonzero(err > bound)} of {err.size} entries beyond one ulp")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("batch", [(12,), (2, 5)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_cross_entropy_low_precision(dtype, batch, bias, smoothing, z_loss, reduction):
+    """float16 / bfloat16 tensors: the float32 computation on their values.  Gradients in
+    their dtype, bit for bit the NumPy float32 call rounded once, and within one ulp of
+    PyTorch's float32 F.linear + F.cross_entropy rounded; the loss (per token too) is the
+    float32 call's rounded to the dtype, and that call's within 1e-5 of float64."""
+    needs_ml_dtypes(dtype)
+    g, h, w, b, t = linear_case(len(batch) + 7, batch, dtype, bias, n_vocab=37)
+    inputs = [v.clone().requires_grad_() for v in (h, w) + ((b,) if bias else ())]
+    kw = dict(reduction=reduction, label_smoothing=smoothing, z_loss=z_loss)
+    loss, grads, go = forward_backward(
+        lambda hh, ww, *bb: fxt.linear_cross_entropy(hh, ww, t, bb[0] if bb else None, **kw),
+        inputs, g)
+    # the NumPy call on the float32 values (for "none": the gradient of sum(go * losses))
+    np_kw = dict(ignore_class=-100, label_smoothing=smoothing, z_loss=z_loss)
+    if reduction == "none":
+        np_kw.update(reduction="sum", sample_weight=go.double().numpy())
+    else:
+        np_kw.update(reduction=reduction.replace("mean", "sum_over_batch_size"))
+    np_loss, *np_grads = fx.linear_cross_entropy_and_grad(
+        *(as_numpy32(v) for v in (h, w)), t.numpy(), as_numpy32(b), **np_kw)
+    per_token = fx.linear_cross_entropy(*(as_numpy32(v) for v in (h, w)), t.numpy(),
+                                        as_numpy32(b), **dict(np_kw, reduction="none",
+                                                              sample_weight=None))
+    ref64 = reference_linear(*(v.double() for v in (h, w)), t,
+                             None if b is None else b.double(), reduction, smoothing, z_loss)
+    if reduction == "none":
+        assert loss.dtype == dtype and loss.shape == t.shape
+        assert torch.equal(loss.detach(), torch.from_numpy(per_token).to(dtype))
+    else:
+        assert loss.dtype == dtype and loss.shape == ()
+        assert loss.item() == torch.tensor(np_loss).to(dtype).item()
+    np.testing.assert_allclose(per_token if reduction == "none" else np_loss,
+                               ref64.detach().numpy(), rtol=1e-5)
+    # PyTorch in float32 on the same values
+    ref_inputs = [v.detach().float().requires_grad_() for v in inputs]
+    ref = reference_linear(ref_inputs[0], ref_inputs[1], t, ref_inputs[2] if bias else None,
+                           reduction, smoothing, z_loss)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, go.float())
+    names = ("hidden", "weight", "bias")
+    for name, ours, mine, theirs in zip(names, grads, np_grads, ref_grads):
+        assert ours.dtype == dtype and ours.shape == theirs.shape, name
+        expected = torch.from_numpy(np.ascontiguousarray(mine)).to(dtype)
+        assert torch.equal(ours.view(torch.int16), expected.view(torch.int16)), (
+            f"{name}: not the float32 result rounded once")
+        assert_within_ulp(ours, theirs, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_linear_cross_entropy_low_precision_errors(dtype, monkeypatch):
+    needs_ml_dtypes(dtype)
+    name = str(dtype).removeprefix("torch.")
+    h = torch.randn(3, 4).to(dtype)
+    w = torch.randn(5, 4).to(dtype)
+    t = torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match=f"weight has dtype torch.float32 but hidden has dtype "
+                                        rf"torch.{name}; .*weight.to\(hidden.dtype\)"):
+        fxt.linear_cross_entropy(h, w.float(), t)
+    with pytest.raises(TypeError, match=f"bias has dtype torch.float32 but hidden has dtype "
+                                        rf"torch.{name}; .*bias.to\(hidden.dtype\)"):
+        fxt.linear_cross_entropy(h, w, t, torch.zeros(5))
+    with pytest.raises(TypeError, match="hidden must have dtype float32, float64, float16 or "
+                                        r"bfloat16, got torch.int32; cast it with hidden.float"):
+        fxt.linear_cross_entropy(h.to(torch.int32), w, t)
+    if dtype == torch.bfloat16:  # NumPy reads bfloat16 through ml_dtypes
+        monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+        with pytest.raises(TypeError, match="hidden has dtype torch.bfloat16.*ml_dtypes is not "
+                                            r"installed.*hidden.float\(\)"):
+            fxt.linear_cross_entropy(h, w, t)
+
+
 def test_linear_cross_entropy_every_target_ignored_is_nan():
     h = torch.randn(3, 4, requires_grad=True)
     w = torch.randn(5, 4, requires_grad=True)
@@ -326,7 +433,7 @@ def test_errors_name_the_argument():
         fxt.binary_cross_entropy_with_logits(x, x.sigmoid(), pos_weight=torch.ones(3))
     with pytest.raises(ValueError, match="target: label 9"):
         fxt.linear_cross_entropy(x, torch.randn(5, 4), torch.tensor([0, 9, 1]))
-    with pytest.raises(TypeError, match="weight has dtype float64 but hidden has dtype float32"):
+    with pytest.raises(TypeError, match="weight has dtype torch.float64 but hidden has dtype torch.float32"):
         fxt.linear_cross_entropy(x, torch.randn(5, 4, dtype=torch.float64), t)
 
 

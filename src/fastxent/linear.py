@@ -37,6 +37,17 @@ plus one copy of ``hidden`` (N x d) / ``weight`` when they are not C-contiguous.
 in float32 a call needs about 68 MB besides its inputs and outputs, where the unfused
 pipeline holds the 1.65 GB logits and a 1.65 GB gradient.  The loss alone
 (:func:`linear_cross_entropy`) needs only the block and the float64 vectors.
+
+float16 and bfloat16 (``ml_dtypes.bfloat16``) inputs are computed in float32: ``hidden``,
+``weight`` and ``bias`` are copied to float32 once (that copy replaces the one above), the
+float32 algorithm runs on the copies (s = 4 in the formula) and its gradients are rounded
+once to the inputs' dtype, to nearest even.  Besides the formula, such a call holds::
+
+  + 4 * (N + V) * d + 4 * V bytes    the float32 copy of hidden, weight and bias
+  + 4 * (N + V) * d bytes            the float32 d_h and d_W, before they are rounded
+
+(the loss alone: the copy only).  For N = 8192, V = 50257, d = 768 that is 180 MB, and
+360 MB with the gradients; still never the N x V logits.
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ from fastxent._validation import (
     check_fraction,
     check_nonneg_real,
     check_reduction,
+    is_low_precision,
+    result_dtype,
 )
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "perplexity"]
@@ -129,19 +142,25 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     ignore_class = _check_ignore_class(ignore_class)
     nt = resolve_n_threads(n_threads)
 
-    h = as_float_array(hidden, "hidden", low_precision=False)
+    h = as_float_array(hidden, "hidden")
     if h.ndim < 1:
         raise ValueError("hidden must have at least one dimension (the hidden size), got a scalar")
     w = asarray(weight, "weight")
-    if w.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must have dtype float32 or float64, got {w.dtype}")
+    if w.dtype not in FLOAT_DTYPES and not is_low_precision(w.dtype):
+        raise TypeError(
+            f"weight must have dtype float32, float64, float16 or bfloat16, got {w.dtype}; "
+            f"convert it explicitly (e.g. weight.astype(hidden.dtype))"
+        )
     if w.dtype != h.dtype:
         raise TypeError(
-            f"weight has dtype {w.dtype} but hidden has dtype {h.dtype}; cast one of them"
+            f"weight has dtype {w.dtype} but hidden has dtype {h.dtype}; hidden, weight and "
+            f"bias must have one dtype: cast one of them (e.g. weight.astype(hidden.dtype))"
         )
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (vocabulary, hidden size), got shape {w.shape}")
     n_vocab, d = w.shape
+    # float16 / bfloat16: computed in float32 on one float32 copy of hidden, weight and bias
+    compute = result_dtype(h.dtype)
     if n_vocab == 0:
         raise ValueError(f"weight has shape {w.shape}: an empty vocabulary")
     if h.shape[-1] != d:
@@ -153,12 +172,15 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     if bias is not None:
         b = asarray(bias, "bias")
         if b.dtype != h.dtype:
-            raise TypeError(f"bias has dtype {b.dtype} but hidden has dtype {h.dtype}")
+            raise TypeError(
+                f"bias has dtype {b.dtype} but hidden has dtype {h.dtype}; hidden, weight and "
+                f"bias must have one dtype: cast it (e.g. bias.astype(hidden.dtype))"
+            )
         if b.shape != (n_vocab,):
             raise ValueError(
                 f"bias has shape {b.shape}, expected ({n_vocab},) (weight.shape[0])"
             )
-        b = as_kernel_array(b)
+        b = as_kernel_array(b, dtype=compute)
 
     batch_shape = h.shape[:-1]
     y = asarray(labels, "labels")
@@ -188,13 +210,13 @@ def _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_sm
     opts = softmax_options(sparse=True, from_logits=True, label_smoothing=smoothing,
                            ignore_class=ignore_class, z_loss=z, reduction=reduction)
 
-    h2 = as_kernel_array(h).reshape(-1, d)
-    w2 = as_kernel_array(w)
-    rows, vocab = _blocks(chunk_size, h2.shape[0], n_vocab, h.dtype.itemsize)
+    h2 = as_kernel_array(h, dtype=compute).reshape(-1, d)
+    w2 = as_kernel_array(w, dtype=compute)
+    rows, vocab = _blocks(chunk_size, h2.shape[0], n_vocab, compute.itemsize)
     return dict(
         h=h, h2=h2, w2=w2, b=b, lab=lab, plan=plan, valid=valid, batch_shape=batch_shape,
         smoothing=smoothing, z=z, ignore_class=ignore_class, nt=nt, rows=rows, vocab=vocab,
-        opts=opts,
+        opts=opts, compute=compute,
     )
 
 
@@ -360,7 +382,8 @@ def _rows_plan(plan: _reduction.Plan, r0: int, r1: int, want_grad: bool) -> _red
 
 
 def _reduce(loss64, p):
-    return _reduction.reduce(loss64, p["plan"], p["batch_shape"], p["h"].dtype)
+    """The reduced loss; per-token losses in hidden's dtype, float32 for float16 / bfloat16."""
+    return _reduction.reduce(loss64, p["plan"], p["batch_shape"], p["compute"])
 
 
 def linear_cross_entropy(
@@ -385,13 +408,15 @@ def linear_cross_entropy(
 
     Parameters
     ----------
-    hidden : ndarray of float32 or float64, shape (..., d)
+    hidden : ndarray of float32, float64, float16 or bfloat16, shape (..., d)
         Hidden states, e.g. (batch, seq, d); N = the product of the leading dimensions.
+        float16 and bfloat16 (``ml_dtypes.bfloat16``) are computed in float32, on one
+        float32 copy of ``hidden``, ``weight`` and ``bias`` (never of the logits).
     weight : ndarray, shape (V, d), dtype of ``hidden``
         Output projection (an ``nn.Linear(d, V)`` weight, or a tied embedding matrix).
     labels : array_like of integers, shape hidden.shape[:-1]
         Target token ids in ``[0, V)`` (or ``ignore_class``).
-    bias : ndarray of shape (V,), optional
+    bias : ndarray of shape (V,), dtype of ``hidden``, optional
     sample_weight : array_like, optional
         Per-token weights, broadcastable to ``labels.shape`` (lower-rank weights are aligned
         to the leading dimensions, as in the loss classes).
@@ -416,7 +441,9 @@ def linear_cross_entropy(
 
     Returns
     -------
-    float, or ndarray of hidden's dtype and shape ``labels.shape`` for ``reduction="none"``.
+    float, or ndarray of shape ``labels.shape`` for ``reduction="none"``: hidden's dtype,
+    float32 for float16 / bfloat16 (the losses of ``hidden.astype(np.float32)``, as the other
+    losses return them).
 
     Examples
     --------
@@ -461,12 +488,13 @@ reduction, chunk_size, n_threads
 
     Returns
     -------
-    loss : float, or ndarray of shape ``labels.shape`` for ``reduction="none"``
+    loss : float, or ndarray of shape ``labels.shape`` for ``reduction="none"`` (hidden's
+        dtype; float32 for float16 / bfloat16)
     d_hidden : ndarray, shape and dtype of ``hidden``
         d(loss)/d(hidden).  With ``reduction="none"``, the gradient of the sum of the
         per-token losses.
-    d_weight : ndarray, shape (V, d)
-    d_bias : ndarray of shape (V,), or None when ``bias`` is None
+    d_weight : ndarray, shape (V, d), dtype of ``hidden``
+    d_bias : ndarray of shape (V,) and hidden's dtype, or None when ``bias`` is None
 
     Notes
     -----
@@ -474,6 +502,12 @@ reduction, chunk_size, n_threads
     ``d_weight = G.T @ hidden`` and ``d_bias = G.sum(0)``; ``G`` is built one block at a time
     and each block is consumed by two BLAS products.  float32 inputs keep the log-sum-exp,
     the losses and ``d_bias`` in float64.
+
+    float16 and bfloat16 inputs give the results of their float32 values: the loss of
+    ``hidden.astype(np.float32)``, ``weight.astype(np.float32)`` (and bias), and its three
+    gradients rounded once to the inputs' dtype (to nearest even; a value beyond float16's
+    range becomes ``inf``).  The float32 copies and gradients cost ``8 * (N + V) * d`` bytes
+    (see the module docstring).
 
     Examples
     --------
@@ -495,8 +529,17 @@ reduction, chunk_size, n_threads
     p = _prepare(hidden, weight, labels, bias, sample_weight, ignore_class, label_smoothing,
                  z_loss, reduction, chunk_size, n_threads)
     loss64, d_hidden, d_weight, d_bias64 = _run(p, want_grad=True)
-    d_bias = None if d_bias64 is None else d_bias64.astype(p["h"].dtype)
-    return _reduce(loss64, p), d_hidden.reshape(p["h"].shape), d_weight, d_bias
+    loss = _reduce(loss64, p)
+    shape, dtype, compute = p["h"].shape, p["h"].dtype, p["compute"]
+    del p  # float16 / bfloat16: their float32 copies are freed before the gradients are rounded
+    # float16 / bfloat16: the float32 gradients rounded once, to nearest even (beyond
+    # float16's range to inf, as the losses' kernels round, without a warning)
+    with np.errstate(over="ignore"):
+        d_hidden = d_hidden.reshape(shape).astype(dtype, copy=False)
+        d_weight = d_weight.astype(dtype, copy=False)
+        d_bias = None if d_bias64 is None else d_bias64.astype(compute).astype(dtype,
+                                                                               copy=False)
+    return loss, d_hidden, d_weight, d_bias
 
 
 def perplexity(

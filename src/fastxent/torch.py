@@ -22,7 +22,9 @@ Memory and copies
   is already stored that way, e.g. ``torch.channels_last``), and its gradient is stored with
   the class axis last in memory (a permuted view of shape (N, C, d1, ...)).
 * The saved gradient has the input's size; :func:`linear_cross_entropy` saves the
-  gradients of ``hidden``, ``weight`` and ``bias`` only, never the N x V logits.
+  gradients of ``hidden``, ``weight`` and ``bias`` only, never the N x V logits.  It takes
+  float16 / bfloat16 ``hidden``, ``weight`` and ``bias`` whatever the kernels compute in: it
+  copies them to float32 once, computes in float32 and rounds the gradients to their dtype.
 * ``reduction="none"``: :func:`cross_entropy` and :func:`binary_cross_entropy_with_logits`
   save each sample's own gradient and multiply it by ``grad_output`` broadcast along the
   class axis.  :func:`linear_cross_entropy` cannot do so without the N x V gradient (the
@@ -438,9 +440,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                 z_loss):
-        h = _float_array(hidden, "hidden")
-        w = _float_array(weight, "weight")
-        b = None if bias is None else _float_array(bias, "bias")
+        h = _float_array(hidden, "hidden", _LOGIT_DTYPES)
+        for name, t in (("weight", weight), ("bias", bias)):
+            if isinstance(t, torch.Tensor) and t.dtype != hidden.dtype:
+                raise TypeError(
+                    f"{name} has dtype {t.dtype} but hidden has dtype {hidden.dtype}; cast "
+                    f"one of them, e.g. {name}.to(hidden.dtype)"
+                )
+        w = _float_array(weight, "weight", _LOGIT_DTYPES)
+        b = None if bias is None else _float_array(bias, "bias", _LOGIT_DTYPES)
         _check_tensor(target, "target")
         _no_grad(target, "target")
         if target.is_floating_point() or target.dtype == torch.bool:
@@ -472,8 +480,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
         if ctx.deferred:
-            h, w = saved[0].detach().numpy(), saved[1].detach().numpy()
-            b = saved[2].detach().numpy() if ctx.has_bias else None
+            h, w = _float_array(saved[0], "hidden", _LOGIT_DTYPES), _float_array(saved[1], "weight", _LOGIT_DTYPES)
+            b = _float_array(saved[2], "bias", _LOGIT_DTYPES) if ctx.has_bias else None
             g = grad_output.detach().to(torch.float64).numpy()
             _, dh, dw, db = _linear_loss_and_grad(h, w, ctx.target, b, sample_weight=g,
                                                   reduction="sum", **ctx.kw)
@@ -494,12 +502,14 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     Parameters
     ----------
     hidden : torch.Tensor, shape (..., d)
-        Hidden states; a CPU tensor of float32 or float64.
+        Hidden states; a CPU tensor of float32, float64, float16 or bfloat16 (bfloat16 needs
+        ml_dtypes, the ``[lowp]`` extra).  float16 and bfloat16 are computed in float32 on one
+        float32 copy of ``hidden``, ``weight`` and ``bias`` (never of the logits).
     weight : torch.Tensor, shape (V, d)
         ``nn.Linear(d, V).weight`` (PyTorch's ``F.linear`` layout), hidden's dtype.
     target : torch.Tensor of integers, shape hidden.shape[:-1]
         Token ids in ``[0, V)`` or ``ignore_index``.  Must not require grad.
-    bias : torch.Tensor of shape (V,), optional
+    bias : torch.Tensor of shape (V,), hidden's dtype, optional
     ignore_index : int
         Padding label: loss 0, zero gradient, not counted by the mean.
     reduction : {"mean", "sum", "none"}
@@ -513,7 +523,8 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     Returns
     -------
     torch.Tensor
-        A scalar, or the per-token losses (target's shape) for ``reduction="none"``.
+        A scalar, or the per-token losses (target's shape) for ``reduction="none"``, of
+        hidden's dtype (as PyTorch and :func:`cross_entropy` return them).
 
     Notes
     -----
@@ -521,6 +532,13 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100,
     ``weight`` and ``bias`` (three matrix products per block of logits, as the unfused
     head) and saves those gradients.  With ``none`` the forward computes the losses only and
     the backward the gradients weighted by ``grad_output`` (one more product of the logits).
+
+    float16 / bfloat16 tensors give the results of their float32 values (those of
+    :func:`fastxent.linear_cross_entropy_and_grad` on them): the gradients are the float32
+    ones rounded once to the tensors' dtype, to nearest even (with ``none``, ``grad_output``
+    weighs the tokens inside the float32 computation; with ``mean`` or ``sum``, a
+    ``grad_output`` other than 1 multiplies the rounded gradients in their dtype, as
+    PyTorch's own backward would); a reduced loss is rounded to that dtype too.
 
     Examples
     --------
