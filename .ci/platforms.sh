@@ -11,7 +11,8 @@
 #                  kernel + API subset ($KERNEL_TESTS)
 #   clang          apt-get install clang libomp-dev; CC=clang build (LLVM's OpenMP): its AVX2 /
 #                  AVX-512 variants compiled as such, kernel tests (paths, determinism,
-#                  losses) + the threadpoolctl tests against libomp
+#                  losses, fused reductions, low precision, focal family, metric sums,
+#                  concurrent callers and thread teams) + the threadpoolctl tests against libomp
 #   serial         FASTXENT_OPENMP=0 build: show_config gives the reason, n_threads=4 warns
 #                  once; kernel-path and thread-limit tests on the serial build
 #   aarch64        .ci/cross_aarch64.sh: cross build, tests under qemu-user
@@ -103,7 +104,9 @@ i = k.isa_build(); print("isa_build:", i["note"], "|", i["spelling"])
 assert i["max_level"] == 2 or platform.machine() != "x86_64", i') || return 1
     (cd "$dir" && PYTHONPATH=src run_pytest "$PY" tests/test_kernel_paths.py \
         tests/test_determinism.py tests/test_losses.py tests/test_thread_limits.py \
-        tests/test_errors.py tests/test_build_probe.py)
+        tests/test_errors.py tests/test_build_probe.py tests/test_fused_reduction.py \
+        tests/test_lowp.py tests/test_threads.py tests/test_focal.py \
+        tests/test_reduction_sums.py)
 }
 
 step_serial() {  # FASTXENT_OPENMP=0: a serial build says why, and warns when asked for threads

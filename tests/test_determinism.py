@@ -8,26 +8,55 @@ AVX-512 paths on the same bits as the baseline path.  So every result here is co
 ``==`` on the raw bits, not with a tolerance.  NaN is compared NaN-aware: the NaN positions
 must agree and every other bit pattern must be identical.
 
-The shapes are chosen so that the work is split into several blocks (more blocks than
-threads) and so that rows are longer than, shorter than and not a multiple of the 16
-accumulation lanes.
+The shapes are chosen so that the work is cut into several blocks and so that rows are
+longer than, shorter than and not a multiple of the 16 accumulation lanes.  Every n_threads
+here really runs on a team of that many threads (of fewer only when a call has fewer blocks):
+the team size's minimum of 65,536 elements per thread, which would keep most of these inputs
+on one or two threads, is lifted for this module (``util.team_per_item``, a private hook that
+changes the team size and nothing else), and each test reads from the kernels the largest
+team its calls ran on (``util.teams_ran``).
 """
 
 import numpy as np
 import pytest
-from util import CLASSES, FUNCTIONS, logits, low_precision_dtypes, probabilities
+from util import (
+    CLASSES,
+    FUNCTIONS,
+    family_runs_kernels,
+    logits,
+    low_precision_dtypes,
+    probabilities,
+    team_items,
+    team_per_item,
+    teams_ran,
+)
 
 import fastxent as fx
 
 N_THREADS = (1, 2, 3, 4)
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight")
 DTYPES = (np.float32, np.float64, *low_precision_dtypes())  # float16 / bfloat16: float32 inside
-# (rows, classes), one per kernel path (README "Kernels"): three 32768-element blocks of rows
-# (more than 1 and 2 threads, fewer than 4) with ragged lanes; one row per block; very short
-# rows (softmax: groups of 32 rows transposed; binary: flat chunks); rows of 262,144 elements
-# or more, cut into 65,536-element chunks that the threads share and merge in chunk order
-# (the path where the thread count decides who computes what).
-SHAPES = ((300, 257), (3, 40_003), (25_000, 3), (2, 300_007))
+# (rows, classes), one per kernel path (README "Kernels"), each of four blocks of rows (the
+# last one partial), so that 2, 3 and 4 threads each get blocks: rows of 257 (127-row blocks,
+# ragged lanes); one row per block; very short rows (softmax: groups of 32 rows transposed;
+# binary: flat chunks); rows of 262,144 elements or more, cut into 65,536-element chunks that
+# the threads share and merge in chunk order (10 chunks; where rows are not split, with the
+# Hessian, softmax probabilities or the binary focal loss, 2 blocks of one row).
+SHAPES = ((400, 257), (4, 40_003), (35_000, 3), (2, 300_007))
+
+
+@pytest.fixture(autouse=True)
+def _teams():
+    """Every call of this module on a team of min(n_threads, its blocks or chunks) threads."""
+    with team_per_item():
+        yield
+
+
+def check_teams(shape, n_threads, what):
+    """The calls since the last check ran on teams of n_threads, or of as many threads as
+    they had items (shape's blocks: one call on the blocks of split rows had fewer)."""
+    blocks, most = team_items(shape)
+    teams_ran(min(n_threads, blocks), min(n_threads, most), what)
 
 
 def bits(value):
@@ -165,6 +194,7 @@ def test_bitwise_identical_threads_repeats_isas(kind, from_logits, dtype, shape,
             for n_threads in N_THREADS:
                 for repeat in range(2 if n_threads == 2 else 1):
                     got = compute_all(kind, from_logits, opts, y, x, sw, n_threads)
+                    check_teams(shape, n_threads, f"isa={isa} n_threads={n_threads}")
                     assert got.keys() == expected.keys()
                     for key, value in expected.items():
                         assert_same_bits(
@@ -174,21 +204,57 @@ def test_bitwise_identical_threads_repeats_isas(kind, from_logits, dtype, shape,
                         )
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_one_element_binary_rows_fused_sum(dtype, rng, restore_isa):
+    """Binary rows of one element from logits, reduced without sample weights, with the
+    gradient: each block's sum is taken by the flat span kernel as it computes the gradient,
+    with no per-row losses (float32 / float64; the low-precision runner otherwise).  The same
+    bits for n_threads 1..4, a repeated call and every ISA path, with targets of shape (N, 1)
+    and (N,); 300,001 rows are ten blocks, a team of 4 even at the default minimum of elements
+    per thread."""
+    n = 300_001
+    x = logits(rng, (n, 1), dtype, scale=3.0)
+    y = rng.uniform(size=(n, 1)).astype(dtype)
+    x[:4, 0] = [np.inf, -np.inf, 0.0, -0.0]  # the exact limits (loss 0) and zero logits
+    y[:4, 0] = [1.0, 0.0, -0.0, 1.0]
+
+    def compute(n_threads):
+        out = {}
+        for reduction in REDUCTIONS:
+            loss = fx.BinaryCrossentropy(from_logits=True, reduction=reduction,
+                                         n_threads=n_threads)
+            out[reduction] = loss.loss_and_grad(y, x)
+            out[f"{reduction}, targets (N,)"] = loss.loss_and_grad(y[:, 0], x)
+        return out
+
+    fx.set_isa("baseline")
+    expected = compute(1)
+    assert np.isfinite(expected["sum"][0])  # a NaN total would hide the sum's bits
+    for isa in fx.available_isas():
+        fx.set_isa(isa)
+        for n_threads in (*N_THREADS, 2):
+            got = compute(n_threads)
+            check_teams((n, 1), n_threads, f"isa={isa} n_threads={n_threads}")
+            for key, value in expected.items():
+                assert_same_bits(got[key], value, f"{key} isa={isa} n_threads={n_threads}")
+
+
 @pytest.mark.parametrize("kind", list(CLASSES))
 def test_bitwise_identical_nd_and_noncontiguous(kind, rng, restore_isa):
-    """N-d input with the class axis in the middle (copied to rows) and a strided view."""
-    base = logits(rng, (40, 37, 60), np.float32)
+    """N-d input with the class axis in the middle (copied to rows) and a strided view: 3600
+    rows of 37 classes, five blocks."""
+    base = logits(rng, (120, 37, 60), np.float32)
     x = base[:, :, ::2]  # strided along the class axis: copied once
     axis = 1
     cls = CLASSES[kind]
     if kind == "sparse_categorical":
-        y = rng.integers(0, x.shape[axis], size=(40, 30))
+        y = rng.integers(0, x.shape[axis], size=(120, 30))
     elif kind == "categorical":
-        y = np.moveaxis(rng.dirichlet(np.ones(x.shape[axis]), size=(40, 30)), -1, axis)
+        y = np.moveaxis(rng.dirichlet(np.ones(x.shape[axis]), size=(120, 30)), -1, axis)
         y = y.astype(np.float32)
     else:
         y = rng.uniform(size=x.shape).astype(np.float32)
-    sw = rng.uniform(size=40)
+    sw = rng.uniform(size=120)
     results = []
     for isa in fx.available_isas():
         fx.set_isa(isa)
@@ -196,6 +262,7 @@ def test_bitwise_identical_nd_and_noncontiguous(kind, rng, restore_isa):
             loss = cls(from_logits=True, axis=axis, reduction="sum", n_threads=n_threads)
             results.append((loss.loss_and_grad(y, x, sw), FUNCTIONS[kind](
                 y, x, from_logits=True, axis=axis, n_threads=n_threads)))
+            check_teams((120 * 30, 37), n_threads, f"isa={isa} n_threads={n_threads}")
     for got in results[1:]:
         assert_same_bits(got[0], results[0][0], "loss_and_grad")
         assert_same_bits(got[1], results[0][1], "function")
@@ -220,9 +287,10 @@ def test_set_isa_contract(restore_isa):
 @pytest.mark.parametrize("dtype", (np.float32, np.float64), ids=lambda d: np.dtype(d).name)
 def test_linear_cross_entropy_and_perplexity_bitwise_identical(dtype, rng):
     """The fused linear cross-entropy (logits never formed) and perplexity: the same bits for
-    n_threads 1..4 and a repeated call, with blocks small enough that every thread gets
-    several, and every reduction and option."""
-    n, d, vocab = 300, 48, 1000
+    n_threads 1..4 and a repeated call, for every reduction and option, on vocabulary blocks
+    (400 x 256 logits: four blocks of rows, then a block of the last 50 rows) and on the
+    whole vocabulary per block of rows (the default: 450 x 1000 logits, 15 blocks)."""
+    n, d, vocab = 450, 48, 1000
     hidden = logits(rng, (3, n // 3, d), dtype, scale=0.5)
     weight = logits(rng, (vocab, d), dtype, scale=0.5)
     bias = logits(rng, (vocab,), dtype)
@@ -230,17 +298,23 @@ def test_linear_cross_entropy_and_perplexity_bitwise_identical(dtype, rng):
     labels[rng.random(labels.shape) < 0.1] = -100
     sw = rng.uniform(0.0, 2.0, size=labels.shape)
     opts = {"ignore_class": -100, "label_smoothing": 0.1, "z_loss": 1e-3,
-            "sample_weight": sw, "chunk_size": (64, 256)}
+            "sample_weight": sw}
 
     def compute(n_threads):
         out = {}
         for reduction in REDUCTIONS:
             out[reduction] = fx.linear_cross_entropy_and_grad(
-                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads, **opts)
+                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads,
+                chunk_size=(400, 256), **opts)
             out[f"loss/{reduction}"] = fx.linear_cross_entropy(
-                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads, **opts)
+                hidden, weight, labels, bias, reduction=reduction, n_threads=n_threads,
+                chunk_size=(400, 256), **opts)
+        check_teams((400, 256), n_threads, f"vocabulary blocks, n_threads={n_threads}")
+        out["whole vocabulary"] = fx.linear_cross_entropy_and_grad(
+            hidden, weight, labels, bias, n_threads=n_threads, **opts)
         out["perplexity"] = fx.perplexity(labels, hidden @ weight.T + bias, ignore_class=-100,
                                           sample_weight=sw, n_threads=n_threads)
+        check_teams((n, vocab), n_threads, f"whole vocabulary, n_threads={n_threads}")
         return out
 
     expected = compute(1)
@@ -295,5 +369,9 @@ def test_family_bitwise_identical_threads_isas(kind, from_logits, dtype, shape, 
         fx.set_isa(isa)
         for n_threads in (*N_THREADS, 2):
             got = compute(n_threads)
+            if family_runs_kernels(kind, from_logits):
+                check_teams(shape, n_threads, f"isa={isa} n_threads={n_threads}")
+            else:  # computed in NumPy
+                teams_ran(1, what="NumPy")
             for key, value in expected.items():
                 assert_same_bits(got[key], value, f"{key} isa={isa} n_threads={n_threads}")

@@ -22,7 +22,7 @@ import subprocess
 import numpy as np
 import pytest
 import reference as R
-from util import CLASSES, assert_close, logits, make_data
+from util import CLASSES, assert_close, logits, make_data, team_items, team_size, teams_ran
 
 import fastxent as fx
 from fastxent import _kernels
@@ -217,35 +217,52 @@ def _bits(a):
     return a.view(np.uint8).tobytes() if isinstance(a, np.ndarray) else np.float64(a).tobytes()
 
 
+# Every path on teams of 2, 3 and 4 threads at the kernels' own team size (at most one thread
+# per TEAM_ELEMENTS = 65,536 elements): each shape has at least 4 x 65,536 elements and more
+# blocks (or chunks) than 4.
+TEAM_CASES = [
+    ("sparse_categorical", (26_215, 10)),  # short rows: 32-row groups transposed
+    ("sparse_categorical", (263, 1000)),  # long rows
+    # rows of 17 to 31 and longer ones: exponential tails of 9 and 15 (full-width step) and 8
+    # (half-width)
+    ("sparse_categorical", (10_487, 25)),
+    ("categorical", (5_579, 47)),
+    ("categorical", (6_555, 40)),
+    ("sparse_categorical", (2, SPLIT_WIDTH)),  # split rows: 10 chunks
+    ("categorical", (52_429, 5)),
+    ("categorical", (2, SPLIT_WIDTH)),
+    ("binary", (87_382, 3)),  # short binary rows: flat runs of elements
+    ("binary", (10_487, 25)),
+    ("binary", (375, 700)),
+    ("binary", (SPLIT_WIDTH,)),  # one split row: 5 chunks
+    ("binary", (300_001, 1)),  # one-element rows: the sum taken by the flat span kernel
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "kind,shape",
-    [
-        ("sparse_categorical", (301, 10)),
-        ("sparse_categorical", (40, 1000)),
-        # exponential tails of 9 and 15 (full-width step) and 8 (half-width)
-        ("sparse_categorical", (77, 25)),
-        ("categorical", (53, 47)),
-        ("categorical", (53, 40)),
-        ("sparse_categorical", (2, SPLIT_WIDTH)),
-        ("categorical", (301, 5)),
-        ("categorical", (2, SPLIT_WIDTH)),
-        ("binary", (301, 3)),
-        ("binary", (20, 700)),
-        ("binary", (SPLIT_WIDTH,)),
-    ],
-)
+@pytest.mark.parametrize("kind,shape", TEAM_CASES)
 def test_bitwise_identical_across_threads_and_isas(kind, shape, dtype, rng):
+    """Per-row losses, the summed loss (each block's sum taken as its rows are computed) and
+    the gradients: the same bits on every instruction-set path for n_threads 1 to 4, each run
+    on the team the rule gives (read back from the kernels)."""
     y, x = _case(kind, rng, shape, dtype)
+    _, items = team_items(shape)
+    assert items > 4 and x.size >= 4 * _kernels.TEAM_ELEMENTS
     before = fx.get_isa()
     results = []
+    _kernels._team_stats()
     try:
         for isa in _all_isas():
             fx.set_isa(isa)
-            for nt in (1, 2, 3):
-                obj = CLASSES[kind](from_logits=True, reduction="none", n_threads=nt)
-                per, grad = obj.loss_and_grad(y, x)
-                results.append(((isa, nt), _bits(per) + _bits(grad)))
+            for nt in (1, 2, 3, 4):
+                per, grad = CLASSES[kind](from_logits=True, reduction="none",
+                                          n_threads=nt).loss_and_grad(y, x)
+                total, grad_sum = CLASSES[kind](from_logits=True, reduction="sum",
+                                                n_threads=nt).loss_and_grad(y, x)
+                teams_ran(team_size(nt, items, x.size), what=f"{isa}, {nt} threads")
+                assert team_size(nt, items, x.size) == nt
+                results.append(((isa, nt), _bits(per) + _bits(grad) + _bits(total)
+                                + _bits(grad_sum)))
     finally:
         fx.set_isa(before)
     first = results[0][1]

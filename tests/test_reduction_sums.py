@@ -4,7 +4,8 @@ fastxent.metrics.log_loss sum as the losses do (docs/guarantees.md, "Streaming m
 For each: bit-for-bit equality with the matching loss and reduction where the two definitions
 coincide, the same bits for n_threads 1, 2 and 4, and agreement with the float64 oracle of
 tests/reference.py.  The data spans several of the kernels' blocks of rows, so a sum that
-ignored the blocks (NumPy's pairwise sum, a plain loop) would show.
+ignored the blocks (NumPy's pairwise sum, a plain loop) would show, and holds enough elements
+(4 x 65,536) for n_threads 2 and 4 to run on teams of 2 and 4 threads.
 """
 
 import math
@@ -14,17 +15,20 @@ import pytest
 import reference as R
 from test_focal import CLASSES as FAMILY_LOSSES
 from test_focal import case
+from util import family_runs_kernels, team_size, teams_ran
 
 import fastxent as fx
 import fastxent.metrics as M
 from fastxent import _kernels
 
 THREADS = (1, 2, 4)
-N, C = 3000, 33  # 4 blocks of rows (992 rows each for 33 classes)
+N, C = 8000, 33  # 9 blocks of rows (992 rows each for 33 classes), 264,000 elements
 
 
-def test_data_spans_several_blocks():
-    assert N > 3 * _kernels.rows_per_block(C)
+def test_data_spans_several_blocks_and_runs_on_teams():
+    assert N > 8 * _kernels.rows_per_block(C)
+    for nt in THREADS:
+        assert team_size(nt, _kernels.n_blocks(N, C), N * C) == nt
 
 
 # ------------------------------------------------------------------- data and oracles
@@ -98,10 +102,12 @@ def test_cross_entropy_metric_is_the_loss_bits(rng, kind, weighted, dtype):
     y, x, w = ce_data(rng, kind, dtype)
     w = w if weighted else None
     results = {}
+    _kernels._team_stats()
     for nt in THREADS:
         m = make_metric(nt)
         m.update_state(y, x, w)
         assert m.result() == make_loss(nt)(y, x, w)
+        teams_ran(nt, what=f"n_threads={nt}")
         results[nt] = m.result()
     assert len(set(results.values())) == 1, results
     expected = R.reference_loss(oracle_kind, y, x, w, from_logits=True,
@@ -118,12 +124,14 @@ def test_family_metric_is_the_loss_bits(rng, kind, from_logits, weighted, dtype)
     y, x = case(kind, rng, (N, C), from_logits, dtype, options=opts)
     w = rng.uniform(0, 2, N) if weighted else None
     results = {}
+    _kernels._team_stats()
     for nt in THREADS:
         m = metric_cls(from_logits=from_logits, n_threads=nt, **opts)
         m.update_state(y, x, w)
         loss = FAMILY_LOSSES[kind](from_logits=from_logits, reduction="mean_with_sample_weight",
                                    n_threads=nt, **opts)
         assert m.result() == loss(y, x, w)
+        teams_ran(nt if family_runs_kernels(kind, from_logits) else 1, what=f"n_threads={nt}")
         results[nt] = m.result()
     assert len(set(results.values())) == 1, results
     expected = R.family_loss(kind, y, x, w, reduction="mean_with_sample_weight",
@@ -137,11 +145,13 @@ def test_perplexity_metric_is_the_one_shot_bits(rng):
     logits = rng.standard_normal((*labels.shape, C)) * 2
     w = rng.uniform(0.5, 2, labels.shape)
     results = set()
+    _kernels._team_stats()
     for nt in THREADS:
         m = M.Perplexity(mask_token_id=0, n_threads=nt)
         m.update_state(labels, logits, w)
         assert m.result() == fx.perplexity(labels, logits, ignore_class=0, sample_weight=w,
                                            n_threads=nt)
+        teams_ran(nt, what=f"n_threads={nt}")
         results.add(m.result())
     assert len(results) == 1
     mean = R.reference_loss("sparse_categorical", labels, logits, w, from_logits=True,
@@ -282,7 +292,7 @@ def dyadic_probabilities(rng, n, k):
 def test_log_loss_is_the_categorical_loss_bits(rng, k, normalize, weighted):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     pytest.importorskip("sklearn")
-    n = 4 * _kernels.rows_per_block(k) + 17 if k == C else 20_000
+    n = 8 * _kernels.rows_per_block(k) + 17 if k == C else 90_000  # 9 blocks
     p = dyadic_probabilities(rng, n, k)
     y = rng.integers(0, k, n)
     y[:k] = np.arange(k)
@@ -290,10 +300,12 @@ def test_log_loss_is_the_categorical_loss_bits(rng, k, normalize, weighted):
     loss = fx.CategoricalCrossentropy(
         reduction="mean_with_sample_weight" if normalize else "sum")
     results = set()
+    _kernels._team_stats()
     for nt in THREADS:  # log_loss takes no n_threads: OpenMP's limit sets its team
         with threadpoolctl.threadpool_limits(nt, user_api="openmp"):
             got = M.log_loss(y, p, normalize=normalize, sample_weight=w)
             assert got == loss(np.eye(k)[y], p, w)
+            teams_ran(nt, what=f"OpenMP limit {nt}")
             results.add(got)
     assert len(results) == 1
     assert got == pytest.approx(R.log_loss(y, p, normalize, w), rel=1e-12)

@@ -6,7 +6,8 @@ guarded by a lock), so concurrent calls must give exactly the bits a serial call
 8 threads x 200 calls each, every entry point, n_threads=2 and 1, the caller's own
 ``grad_out`` buffers, and calls that raise; 8 threads drawing gradients of 4 MiB and more from
 the gradient block cache at once; 4 threads sharing the kernels' worker threads at a size that
-runs on a team; and a forked child's calls.
+runs on a team; the team sizes the kernels choose, read back from them; and a forked child's
+calls.
 """
 
 import os
@@ -16,9 +17,10 @@ import warnings
 import numpy as np
 import pytest
 from test_determinism import assert_same_bits
-from util import logits, probabilities
+from util import logits, probabilities, team_items, team_per_item, team_size, teams_ran
 
 import fastxent as fx
+from fastxent import _kernels
 
 N_PY_THREADS = 8
 CALLS_PER_THREAD = 200
@@ -255,6 +257,10 @@ def test_concurrent_callers_of_the_thread_team(rng):
         base = name.rsplit(" ", 1)[0] + " n_threads=1"
         assert base in serial
         assert_same_bits(expected[name], expected[base], name)
+    _kernels._team_stats()
+    for name, fn in tasks:  # and those calls, alone, run on teams of up to 4
+        fn()
+        teams_ran(int(name.rsplit("=", 1)[1]), what=name)
     barrier = threading.Barrier(4)
     errors = []
 
@@ -311,3 +317,63 @@ def test_thread_team_after_fork():
             child.kill()
     assert child.exitcode == 0
     assert_same_bits(got, expected, name)
+
+
+# (shape, kind): calls whose team the rule decides by each of its three bounds
+RULE_CASES = [
+    ((300, 257), "sparse"),  # 3 blocks, 77,100 elements: one thread
+    ((1024, 300), "sparse"),  # 10 blocks, 307,200 elements: up to 4
+    ((100_000, 1), "binary"),  # 4 blocks of one-element rows, 100,000 elements: one thread
+    ((200_000, 1), "binary"),  # 7 blocks, 200,000 elements: up to 3
+    ((3, 200_000), "sparse"),  # 3 blocks of one row, 600,000 elements: up to 3
+    ((1, 262_147), "binary"),  # one row split into 5 chunks, 262,147 elements: up to 4
+    ((2, 262_147), "sparse"),  # 10 chunks, 524,294 elements: up to 4
+]
+
+
+@pytest.mark.parametrize("per_item", [False, True], ids=["default", "team per item"])
+def test_team_size_is_the_rule(rng, per_item):
+    """A call runs on min(n_threads, its blocks or chunks, one thread per TEAM_ELEMENTS
+    elements) threads, as the kernels report; with the minimum of elements lifted (the tests'
+    hook), on min(n_threads, its blocks or chunks)."""
+    assert _kernels.TEAM_ELEMENTS == 65_536
+    for shape, kind in RULE_CASES:
+        x = logits(rng, shape, np.float32)
+        if kind == "sparse":
+            y = rng.integers(0, shape[1], shape[0])
+            cls = fx.SparseCategoricalCrossentropy
+        else:
+            y = rng.uniform(size=shape).astype(np.float32)
+            cls = fx.BinaryCrossentropy
+        _, items = team_items(shape)
+        for nt in (1, 2, 3, 4):
+            loss = cls(from_logits=True, reduction="sum", n_threads=nt)
+            if per_item:
+                with team_per_item():
+                    loss.loss_and_grad(y, x)
+                    teams_ran(min(nt, items), what=f"{shape} n_threads={nt}")
+            else:
+                _kernels._team_stats()
+                loss.loss_and_grad(y, x)
+                teams_ran(team_size(nt, items, x.size), what=f"{shape} n_threads={nt}")
+
+
+@pytest.mark.skipif(not fx.openmp_enabled(), reason="a serial build has no thread team")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
+                    else (os.cpu_count() or 1) < 2, reason="one processor")
+def test_team_threads_share_the_items(rng):
+    """The threads of a team compute items: within a few calls of 10 blocks on a team of 2,
+    one has both threads computing blocks (a worker that wakes late may find none left)."""
+    x = logits(rng, TEAM_SHAPE, np.float32)
+    y = rng.integers(0, TEAM_SHAPE[1], TEAM_SHAPE[0])
+    loss = fx.SparseCategoricalCrossentropy(from_logits=True, n_threads=2)
+    _kernels._team_stats()
+    busiest = 1
+    for _ in range(200):
+        loss.loss_and_grad(y, x)
+        team, busy = _kernels._team_stats()
+        assert team == 2
+        busiest = max(busiest, busy)
+        if busiest == 2:
+            break
+    assert busiest == 2, "no call had both threads of its team computing blocks"

@@ -1,8 +1,11 @@
 """Case generators and assertions shared by the test modules (bottleneck's tests/util.py idea)."""
 
+import contextlib
+
 import numpy as np
 
 import fastxent as fx
+from fastxent import _kernels
 
 # the three loss families: the class (reductions, gradient) and the per-sample function
 CLASSES = {
@@ -160,3 +163,60 @@ def unaligned(a):
     out[...] = a
     assert not out.flags.aligned or a.dtype.itemsize == 1 or a.size == 0
     return out
+
+
+# ---- thread teams ----------------------------------------------------------------------------
+# A kernel loop over k fixed items (blocks of rows, or the chunks of rows split across threads)
+# holding n elements runs on min(n_threads, k, max(1, n // TEAM_ELEMENTS)) threads
+# (xent_kernels.h, fx_team_size).  No result depends on the team, but a test of that must run
+# on teams: the helpers below say how many items a shape has, and read what the kernels ran.
+
+
+def team_size(n_threads, n_items, n_elements, per_thread=_kernels.TEAM_ELEMENTS):
+    """The documented rule: the threads of a loop over n_items items of n_elements."""
+    return max(1, min(n_threads, n_items, n_elements // per_thread))
+
+
+def team_items(shape):
+    """(blocks, most items) of a call on y_pred of ``shape`` (class axis last): its fixed
+    blocks of rows, and the chunks of its rows when they are long enough to be split (the
+    split paths: binary rows, softmax rows from logits without the Hessian)."""
+    n_cols = shape[-1] if shape else 1
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    blocks = _kernels.n_blocks(n_rows, n_cols)
+    if n_cols < _kernels.SPLIT_MIN:
+        return blocks, blocks
+    return blocks, n_rows * -(-n_cols // _kernels.SPLIT_CHUNK)
+
+
+def family_runs_kernels(kind, from_logits):
+    """Whether a loss of ``test_focal.CLASSES`` computes its rows in kernel loops (on
+    n_threads threads); the others compute them in NumPy, on the calling thread."""
+    if kind in ("binary_focal", "kl"):
+        return from_logits
+    return kind == "sparse_focal" or (kind == "gce" and from_logits)
+
+
+def teams_ran(smallest, largest=None, what=""):
+    """Assert that the kernel loops since the last read ran on teams of at most ``largest``
+    threads and that the largest of them had at least ``smallest`` (the kernels' own record,
+    ``_kernels._team_stats``; a serial build runs everything on one thread)."""
+    team, _ = _kernels._team_stats()
+    largest = smallest if largest is None else largest
+    if not fx.openmp_enabled():
+        smallest = largest = 1
+    assert smallest <= team <= largest, (
+        f"{what}: the largest team had {team} threads, expected {smallest} to {largest}")
+
+
+@contextlib.contextmanager
+def team_per_item():
+    """Lift the team size's minimum of elements per thread (a private hook that changes the
+    team size only), so that a loop over k items runs on min(n_threads, k) threads: inputs of
+    a few blocks then run on teams of up to 4."""
+    old = _kernels._set_team_elements(1)
+    _kernels._team_stats()
+    try:
+        yield
+    finally:
+        _kernels._set_team_elements(old)

@@ -23,11 +23,11 @@ from libc.string cimport memset
 from fastxent._openmp cimport FX_OPENMP_ENABLED, fx_omp_max_threads, fx_omp_num_procs
 from fastxent._xent cimport (
     FX_BFLOAT16, FX_FLOAT16, FX_FLOAT32, FX_FLOAT64, FX_NO_MEMORY, FX_SHORT, FX_SPLIT_CHUNK,
-    FX_SPLIT_MIN, fx_bf16_to_f32, fx_binary_focal, fx_blocked_total, fx_cpu_isa_level,
-    fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32, fx_f32_to_bf16,
-    fx_f32_to_f16, fx_get_isa, fx_job, fx_log1p_unit, fx_log1pf_recip, fx_log_pos,
-    fx_lowp_convert, fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa, fx_sigmoid,
-    fx_softmax, fx_sum_blocks,
+    FX_SPLIT_MIN, FX_TEAM_ELEMENTS, fx_bf16_to_f32, fx_binary_focal, fx_blocked_total,
+    fx_cpu_isa_level, fx_dot_lanes, fx_exp_nonpos, fx_expf_shifted, fx_f16_to_f32,
+    fx_f32_to_bf16, fx_f32_to_f16, fx_get_isa, fx_job, fx_log1p_unit, fx_log1pf_recip,
+    fx_log_pos, fx_lowp_convert, fx_n_blocks, fx_round_float, fx_rows_per_block, fx_set_isa,
+    fx_set_team_elements, fx_sigmoid, fx_softmax, fx_sum_blocks, fx_team_stats_take,
 )
 
 import numpy as np
@@ -40,6 +40,9 @@ cnp.import_array()
 SHORT_ROWS = FX_SHORT      # softmax rows of at most this many classes: transposed kernel
 SPLIT_MIN = FX_SPLIT_MIN   # rows of at least this many elements: split across threads
 SPLIT_CHUNK = FX_SPLIT_CHUNK
+# Team size (never the results): a loop over k items of n elements in all runs on
+# min(n_threads, k, max(1, n // TEAM_ELEMENTS)) threads
+TEAM_ELEMENTS = FX_TEAM_ELEMENTS
 
 # reductions, as fastxent._options normalizes them
 REDUCTIONS = ("none", "sum", "sum_over_batch_size", "mean_with_sample_weight")
@@ -715,6 +718,22 @@ def get_isa():
 def cpu_isa():
     """Best instruction-set level this CPU supports and this build compiled as such."""
     return fx_cpu_isa_level()
+
+
+def _set_team_elements(int64_t n):
+    """For the tests: at most one thread per ``n`` elements from now on (``n <= 0``: the
+    default, ``TEAM_ELEMENTS``), so that small inputs run on teams; returns the value
+    replaced.  It changes the team size only, and no result depends on the team size."""
+    return fx_set_team_elements(n)
+
+
+def _team_stats():
+    """For the tests: ``(team, busy)``, the largest team the kernels ran a loop on and the
+    most threads of one such loop that computed an item, since the last call (both 1 when
+    every loop ran on the calling thread); both start again from 1."""
+    cdef int stats[2]
+    fx_team_stats_take(stats)
+    return stats[0], stats[1]
 
 
 def openmp_enabled():

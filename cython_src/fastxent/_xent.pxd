@@ -48,6 +48,7 @@ cdef extern from "xent_kernels.h" nogil:
     const int FX_SPLIT_MIN
     const int FX_SHORT
     const int FX_SPLIT_CHUNK
+    const int FX_TEAM_ELEMENTS
 
     int64_t fx_softmax(const fx_job *J)
     int64_t fx_sigmoid(const fx_job *J)
@@ -58,6 +59,10 @@ cdef extern from "xent_kernels.h" nogil:
     int64_t fx_rows_per_block(int64_t n)
     int64_t fx_n_blocks(int64_t n, int64_t rpb)
     double fx_round_float(double v)
+
+    # the team size's elements per thread, and what the teams did (for the tests)
+    int64_t fx_set_team_elements(int64_t n)
+    void fx_team_stats_take(int *stats)
 
     int fx_set_isa(int level)
     int fx_get_isa()

@@ -126,7 +126,7 @@ typedef struct {
 #define FX_BFLOAT16 3       /* bfloat16: the same */
 #define FX_NO_MEMORY (-1)   /* a runner's return value when its scratch could not be allocated */
 #define FX_BLOCK_ELEMENTS 32768  /* elements per block of rows handed to one thread at a time */
-#define FX_TEAM_ELEMENTS 65536   /* at most one thread per this many elements */
+#define FX_TEAM_ELEMENTS 65536   /* at most one thread per this many elements (by default) */
 
 static inline int64_t fx_rows_per_block(int64_t n)
 {
@@ -147,14 +147,37 @@ static inline int64_t fx_block_rows(int64_t n, int64_t rpb, int64_t b, int64_t *
     return (n - *r0 < rpb) ? n - *r0 : rpb;
 }
 
+/* The elements per thread of fx_team_size: FX_TEAM_ELEMENTS, unless the tests lowered it
+ * (fx_set_team_elements, fastxent._kernels._set_team_elements) so that small inputs run on
+ * teams.  Nothing but the team size reads it. */
+static int64_t fx_team_elements = FX_TEAM_ELEMENTS;
+
+/* Set the elements per thread (n <= 0: FX_TEAM_ELEMENTS); returns the value replaced. */
+static int64_t fx_set_team_elements(int64_t n)
+{
+    const int64_t v = n > 0 ? n : FX_TEAM_ELEMENTS;
+#if defined(__GNUC__)
+    return __atomic_exchange_n(&fx_team_elements, v, __ATOMIC_RELAXED);
+#else
+    const int64_t old = fx_team_elements;
+    fx_team_elements = v;
+    return old;
+#endif
+}
+
 /* Threads for a loop over n_items blocks holding n_elements in all: never more than there are
  * blocks, nor than one per FX_TEAM_ELEMENTS elements (a smaller share costs less than waking
  * a thread, and far less than waiting for one on a busy machine).  Results do not depend on
  * it: the blocks are the same for any team. */
 static inline int fx_team_size(int n_threads, int64_t n_items, int64_t n_elements)
 {
+#if defined(__GNUC__)
+    const int64_t per_thread = __atomic_load_n(&fx_team_elements, __ATOMIC_RELAXED);
+#else
+    const int64_t per_thread = fx_team_elements;
+#endif
     int64_t t = n_threads;
-    int64_t by_work = n_elements / FX_TEAM_ELEMENTS;
+    int64_t by_work = n_elements / per_thread;
     if (t > n_items) t = n_items;
     if (t > by_work) t = by_work;
     return (int)(t > 0 ? t : 1);

@@ -48,6 +48,41 @@
  * thread (0 .. nt - 1, 0 on the calling thread) says whose per-thread scratch it may use. */
 typedef int64_t (*fx_item_fn)(const void *ctx, int64_t item, int thread);
 
+/* What the tests read of the teams (fx_team_stats_take, fastxent._kernels._team_stats); the
+ * kernels never read them.  Since the last read: the largest team that fx_run_items ran its
+ * items on (1 when they all ran on the calling thread), and the most threads of one such run
+ * that computed at least one item.  A team's size is the runner's fx_team_size, or fewer if
+ * threads could not be created; a partner that wakes late finds no item left, so the second
+ * number can be smaller than the first.  (The OpenMP fallback of compilers without GNU
+ * atomics notes the team only.) */
+static int fx_stat_team = 1, fx_stat_busy = 1;
+
+static void fx_stat_max(int *p, int v)
+{
+#if defined(__GNUC__)
+    int cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (v > cur
+           && !__atomic_compare_exchange_n(p, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+#else
+    if (v > *p) *p = v;
+#endif
+}
+
+/* stats[0] the largest team, stats[1] the most threads that computed items; both start
+ * again from 1. */
+static void fx_team_stats_take(int *stats)
+{
+#if defined(__GNUC__)
+    stats[0] = __atomic_exchange_n(&fx_stat_team, 1, __ATOMIC_RELAXED);
+    stats[1] = __atomic_exchange_n(&fx_stat_busy, 1, __ATOMIC_RELAXED);
+#else
+    stats[0] = fx_stat_team;
+    stats[1] = fx_stat_busy;
+    fx_stat_team = fx_stat_busy = 1;
+#endif
+}
+
 #if defined(_OPENMP) && defined(__GNUC__)
 #define FX_TEAM_WAITS 1
 
@@ -164,11 +199,12 @@ typedef struct {
     int64_t n_items;
     int nt;
     int64_t spin_ns;                 /* idle workers' spin: 0 once there are more than cores */
+    int busy;                        /* workers that claimed an item of the current job */
 } fx_pool_t;
 
 static fx_pool_t fx_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
                             PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0,
-                            FX_POOL_SPIN_NS};
+                            FX_POOL_SPIN_NS, 0};
 static pthread_once_t fx_pool_once = PTHREAD_ONCE_INIT;
 
 static void fx_pool_after_fork(void)
@@ -202,6 +238,7 @@ static int64_t fx_pool_work(int64_t gen, int me)
                                          __ATOMIC_ACQUIRE))
             continue;
         /* the swap succeeded, so job gen still had item i unclaimed: fn, ctx are its own */
+        if (done == 0 && me != 0) __atomic_fetch_add(&fx_pool.busy, 1, __ATOMIC_RELAXED);
         const int64_t r = fn(ctx, i, me);
         if (r != 0) __atomic_fetch_add(&fx_pool.total, r, __ATOMIC_RELAXED);
         __atomic_fetch_add(&fx_pool.finished, 1, __ATOMIC_RELEASE);
@@ -283,6 +320,7 @@ static int fx_pool_run(int nt, int64_t n_items, fx_item_fn fn, const void *ctx, 
     __atomic_store_n(&fx_pool.nt, nt, __ATOMIC_RELAXED);
     __atomic_store_n(&fx_pool.total, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&fx_pool.finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&fx_pool.busy, 0, __ATOMIC_RELAXED);
     const int64_t gen = fx_pool.published + 1;
     __atomic_store_n(&fx_pool.claim, (uint64_t)(uint32_t)gen << 32, __ATOMIC_RELEASE);
     pthread_mutex_lock(&fx_pool.mu);
@@ -294,6 +332,10 @@ static int fx_pool_run(int nt, int64_t n_items, fx_item_fn fn, const void *ctx, 
     const int64_t mine = fx_pool_work(gen, 0);
     fx_wait_count(&fx_pool.finished, n_items, fx_spin_ns(mine, t0));
     *total = __atomic_load_n(&fx_pool.total, __ATOMIC_ACQUIRE);
+    /* every item is finished, so every worker's count in busy is seen (it precedes the
+     * release of its items' finished counts) */
+    fx_stat_max(&fx_stat_team, nt);
+    fx_stat_max(&fx_stat_busy, (mine > 0) + __atomic_load_n(&fx_pool.busy, __ATOMIC_RELAXED));
     pthread_mutex_unlock(&fx_pool.own);
     return 1;
 }
@@ -355,16 +397,21 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
     int64_t next = 0;       /* the next unclaimed item */
     int64_t finished = 0;   /* items computed */
     int64_t entering = 0;   /* workers that have passed their wait and enter the barrier */
+    int team = 1, busy = 0; /* the region's threads, and those that computed an item */
     #pragma omp parallel num_threads(nt) reduction(+:total)
     {
         const int64_t t0 = fx_now_ns();
         const int me = omp_get_thread_num();
         int64_t mine = 0, i;
+        if (me == 0) team = omp_get_num_threads();
         while ((i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < n_items) {
             total += fn(ctx, i, me);
             mine++;
         }
-        if (mine > 0) __atomic_fetch_add(&finished, mine, __ATOMIC_RELEASE);
+        if (mine > 0) {
+            __atomic_fetch_add(&busy, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&finished, mine, __ATOMIC_RELEASE);
+        }
         const int64_t spin = fx_spin_ns(mine, t0);
         if (me != 0) {
             fx_wait_count(&finished, n_items, spin);
@@ -374,10 +421,17 @@ static int64_t fx_run_items(int nt, int64_t n_items, fx_item_fn fn, const void *
         }
     }
     fx_backoff_record(master_naps);
+    fx_stat_max(&fx_stat_team, team);
+    fx_stat_max(&fx_stat_busy, busy);
 #else
 #ifdef _OPENMP
+    int team = 1;
     #pragma omp parallel for schedule(dynamic) num_threads(nt) reduction(+:total)
-    for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, omp_get_thread_num());
+    for (int64_t i = 0; i < n_items; i++) {
+        if (i == 0) team = omp_get_num_threads();  /* one thread writes it */
+        total += fn(ctx, i, omp_get_thread_num());
+    }
+    fx_stat_max(&fx_stat_team, team);
 #else
     for (int64_t i = 0; i < n_items; i++) total += fn(ctx, i, 0);
 #endif
