@@ -170,12 +170,9 @@ def test_cross_entropy_gradcheck(soft, reduction):
 
 # ------------------------------------------------------------------------------- binary
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5), (7,)])
-@pytest.mark.parametrize("weight_shape", [None, "last", "rows"])
-@pytest.mark.parametrize("pos", [False, True])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_bce_with_logits_matches_torch(dtype, shape, weight_shape, pos, reduction):
+def bce_case(shape, weight_shape, pos, dtype):
+    """(generator, logits, targets with exact 0s and 1s, weight, pos_weight) of ``dtype``;
+    the weights are drawn in float32 for float16 / bfloat16 and then rounded."""
     g = gen(len(shape) + 3 * pos)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
     t = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
@@ -183,8 +180,19 @@ def test_bce_with_logits_matches_torch(dtype, shape, weight_shape, pos, reductio
     t.view(-1)[1::4] = 0.0
     w_shape = {None: None, "last": shape[-1:], "rows": shape[:1] + (1,) * (len(shape) - 1)}[
         weight_shape]
-    w = None if w_shape is None else torch.rand(w_shape, generator=g, dtype=dtype) + 0.5
-    pw = torch.rand(shape[-1:], generator=g, dtype=dtype) * 3 if pos else None
+    draw = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    w = None if w_shape is None else (torch.rand(w_shape, generator=g, dtype=draw) + 0.5).to(dtype)
+    pw = (torch.rand(shape[-1:], generator=g, dtype=draw) * 3).to(dtype) if pos else None
+    return g, x, t, w, pw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5), (7,)])
+@pytest.mark.parametrize("weight_shape", [None, "last", "rows"])
+@pytest.mark.parametrize("pos", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_matches_torch(dtype, shape, weight_shape, pos, reduction):
+    g, x, t, w, pw = bce_case(shape, weight_shape, pos, dtype)
     xa = x.clone().requires_grad_()
     loss, (grad,), go = forward_backward(
         lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw), [xa], g)
@@ -529,15 +537,7 @@ def test_bce_with_logits_low_precision_matches_float32(dtype, shape, weight_shap
     """float16 / bfloat16 logits, targets and weights: PyTorch's float32 result on the same
     values, the loss and gradient rounded to the input's dtype."""
     dtype = lowp(dtype)
-    g = gen(len(shape) + 3 * pos)
-    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
-    t = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
-    t.view(-1)[::4] = 1.0
-    t.view(-1)[1::4] = 0.0
-    w_shape = {None: None, "last": shape[-1:], "rows": shape[:1] + (1,) * (len(shape) - 1)}[
-        weight_shape]
-    w = None if w_shape is None else (torch.rand(w_shape, generator=g) + 0.5).to(dtype)
-    pw = (torch.rand(shape[-1:], generator=g) * 3).to(dtype) if pos else None
+    g, x, t, w, pw = bce_case(shape, weight_shape, pos, dtype)
     loss, (grad,), go = forward_backward(
         lambda a: fxt.binary_cross_entropy_with_logits(a, t, w, reduction, pw),
         [x.clone().requires_grad_()], g)
